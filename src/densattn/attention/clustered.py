@@ -1,0 +1,420 @@
+"""Clustered and improved clustered attention, in pure PyTorch.
+
+Reference: Vyas, Katharopoulos, Fleuret, "Fast Transformers with Clustered Attention", NeurIPS 2020,
+https://arxiv.org/abs/2007.04825.
+
+Notation: ``B`` batch, ``H`` heads, ``N`` queries, ``S`` keys, ``E`` query/key size, ``Ev`` value size,
+``C`` clusters, ``k`` top keys per cluster.
+
+Queries are grouped into ``C`` clusters (SimHash with bias + Hamming k-means, see ``_hamming_kmeans``);
+attention is computed once per cluster centroid instead of once per query, so time and memory are ``O(C * S)``
+instead of ``O(N * S)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from densattn.attention._hamming_kmeans import MAX_BITS, hamming_kmeans, simhash
+
+__all__ = [
+    "ClusteredAttention",
+    "ImprovedClusteredAttention",
+    "cluster_queries",
+    "clustered_attention",
+    "improved_clustered_attention",
+]
+
+_BLOCK = 32
+"""Improved variant: a cluster's queries go through in blocks of this many rows (padding < C * _BLOCK)."""
+
+
+def cluster_queries(
+    q: torch.Tensor,
+    *,
+    clusters: int = 100,
+    bits: int = 32,
+    iterations: int = 10,
+    query_mask: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Cluster queries ``(B, H, N, E)`` into ``min(clusters, N)`` groups; returns int64 ids ``(B, H, N)``.
+
+    SimHash with a bias term (``bits`` random planes with random offsets inside the data range), then
+    ``iterations`` Lloyd iterations of k-means in Hamming space. Non-differentiable.
+
+    Example:
+        >>> ids = cluster_queries(torch.randn(1, 2, 50, 8), clusters=4)
+        >>> ids.shape, int(ids.max()) < 4
+        (torch.Size([1, 2, 50]), True)
+    """
+    if clusters < 1:
+        raise ValueError(f"clusters must be >= 1, got {clusters}")
+    if not 1 <= bits <= MAX_BITS:
+        raise ValueError(f"bits must be in [1, {MAX_BITS}], got {bits}")
+    with torch.no_grad():
+        codes = simhash(q.detach(), bits=bits, valid=query_mask, generator=generator)  # (B, H, N)
+        return hamming_kmeans(
+            codes,
+            bits=bits,
+            clusters=min(clusters, q.shape[2]),
+            iterations=iterations,
+            valid=query_mask,
+            generator=generator,
+        )
+
+
+def _prepare(q, k, v, clusters, assignment, bits, iterations, key_mask, query_mask, softmax_scale, generator):
+    """Validate inputs; return (assignment, C, scale, additive key bias or None)."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(
+            f"q, k, v must be 4-D (B, H, L, E); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    batch, heads, n, dim = q.shape
+    if k.shape[:2] != (batch, heads) or k.shape[-1] != dim or v.shape[:3] != k.shape[:3]:
+        raise ValueError(
+            f"k must be (B, H, S, E) and v (B, H, S, Ev) matching q (B, H, N, E) = {tuple(q.shape)}; "
+            f"got k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    s = k.shape[2]
+    if key_mask is not None:
+        if key_mask.shape != (batch, s) or key_mask.dtype != torch.bool:
+            raise ValueError(
+                f"key_mask must be bool (B, S) = ({batch}, {s}); got {key_mask.dtype} {tuple(key_mask.shape)}"
+            )
+        if not bool(key_mask.any(-1).all()):
+            raise ValueError(
+                "key_mask must keep at least one key for every batch item (a row with no keys is undefined)"
+            )
+    if query_mask is not None and (query_mask.shape != (batch, n) or query_mask.dtype != torch.bool):
+        raise ValueError(
+            f"query_mask must be bool (B, N) = ({batch}, {n}); "
+            f"got {query_mask.dtype} {tuple(query_mask.shape)}"
+        )
+    if assignment is None:
+        num_clusters = min(100 if clusters is None else clusters, n)
+        assignment = cluster_queries(
+            q,
+            clusters=num_clusters,
+            bits=bits,
+            iterations=iterations,
+            query_mask=query_mask,
+            generator=generator,
+        )
+    else:
+        if (
+            assignment.shape != (batch, heads, n)
+            or assignment.dtype.is_floating_point
+            or assignment.dtype == torch.bool
+        ):
+            raise ValueError(
+                f"assignment must be integer cluster ids of shape (B, H, N) = ({batch}, {heads}, {n}); "
+                f"got {assignment.dtype} {tuple(assignment.shape)}"
+            )
+        assignment = assignment.to(torch.int64)
+        num_clusters = int(assignment.max()) + 1 if clusters is None else clusters
+        if int(assignment.min()) < 0 or int(assignment.max()) >= num_clusters:
+            raise ValueError(
+                f"assignment ids must lie in [0, clusters={num_clusters}); pass clusters=None to infer"
+            )
+    scale = 1.0 / math.sqrt(dim) if softmax_scale is None else softmax_scale
+    key_bias = None
+    if key_mask is not None:
+        key_bias = torch.zeros(batch, 1, 1, s, dtype=q.dtype, device=q.device)
+        key_bias = key_bias.masked_fill(~key_mask[:, None, None, :], float("-inf"))  # (B, 1, 1, S)
+    return assignment, num_clusters, scale, key_bias
+
+
+def _centroid_attention(q, k, assignment, num_clusters, scale, key_bias, query_mask):
+    """Centroids ``(B, H, C, E)`` = mean of member queries; returns their attention ``(B, H, C, S)``."""
+    batch, heads, n, dim = q.shape
+    weight = torch.ones(batch, 1, n, 1, dtype=q.dtype, device=q.device)
+    if query_mask is not None:
+        weight = query_mask[:, None, :, None].to(q.dtype)
+    weight = weight.expand(batch, heads, n, 1)  # (B, H, N, 1)
+    index = assignment[..., None]  # (B, H, N, 1)
+    zeros = q.new_zeros(batch, heads, num_clusters, dim)
+    sums = zeros.scatter_add(2, index.expand(-1, -1, -1, dim), q * weight)  # (B, H, C, E)
+    counts = q.new_zeros(batch, heads, num_clusters, 1).scatter_add(2, index, weight)  # (B, H, C, 1)
+    centroids = sums / counts.clamp_min(1)
+    scores = torch.matmul(centroids, k.transpose(-1, -2)) * scale  # (B, H, C, S)
+    if key_bias is not None:
+        scores = scores + key_bias
+    return torch.softmax(scores, dim=-1)
+
+
+def _gather_keys(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows ``index (B, H, C, k)`` of ``x (B, H, S, D)`` -> ``(B, H, C, k, D)``."""
+    batch, heads, clusters, top = index.shape
+    flat = index.reshape(batch, heads, clusters * top, 1).expand(-1, -1, -1, x.shape[-1])
+    return x.gather(2, flat).view(batch, heads, clusters, top, x.shape[-1])
+
+
+def _per_query(values: torch.Tensor, assignment: torch.Tensor) -> torch.Tensor:
+    """Gather per-cluster rows ``(B, H, C, *rest)`` to per-query rows ``(B, H, N, *rest)``."""
+    rest = values.shape[3:]
+    index = assignment.reshape(*assignment.shape, *([1] * len(rest))).expand(*assignment.shape, *rest)
+    return values.gather(2, index)
+
+
+def clustered_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    clusters: int | None = None,
+    assignment: torch.Tensor | None = None,
+    bits: int = 32,
+    iterations: int = 10,
+    key_mask: torch.Tensor | None = None,
+    query_mask: torch.Tensor | None = None,
+    softmax_scale: float | None = None,
+    generator: torch.Generator | None = None,
+    need_weights: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Clustered attention: every query receives the attention output of its cluster's centroid.
+
+    ``q_c = mean_{i in c} q_i``, ``A_c = softmax(scale * q_c K^T)`` (masked keys get weight 0),
+    ``out_i = A_{c(i)} V``. Cost ``O(C * S * (E + Ev) + N * (E + Ev))`` time, ``O(C * S)`` memory.
+    Gradients reach ``k``, ``v`` and (through the centroid means) ``q``; the clustering itself is
+    non-differentiable.
+
+    Args:
+        q: ``(B, H, N, E)`` queries; k: ``(B, H, S, E)`` keys; v: ``(B, H, S, Ev)`` values.
+        clusters: number of clusters ``C`` (default 100, capped at ``N``). With ``assignment`` and
+            ``clusters=None``, ``C = max(assignment) + 1``.
+        assignment: int ``(B, H, N)`` cluster ids; replaces hashing and k-means when given.
+        bits: SimHash bits (1..63). iterations: Lloyd iterations.
+        key_mask: bool ``(B, S)``, True = keep. query_mask: bool ``(B, N)``, True = real query (padding is
+            still given an output but neither moves the centroids nor the clustering).
+        softmax_scale: defaults to ``1 / sqrt(E)``. generator: random source for the hashing and k-means.
+        need_weights: also return the ``(B, H, N, S)`` attention weights (materialises ``N * S``).
+
+    Returns:
+        ``(B, H, N, Ev)``, or ``(out, weights)`` with ``need_weights``.
+
+    Example:
+        >>> q, k, v = torch.randn(2, 4, 64, 16), torch.randn(2, 4, 80, 16), torch.randn(2, 4, 80, 16)
+        >>> clustered_attention(q, k, v, clusters=8).shape
+        torch.Size([2, 4, 64, 16])
+    """
+    assignment, num_clusters, scale, key_bias = _prepare(
+        q, k, v, clusters, assignment, bits, iterations, key_mask, query_mask, softmax_scale, generator
+    )
+    attention = _centroid_attention(
+        q, k, assignment, num_clusters, scale, key_bias, query_mask
+    )  # (B, H, C, S)
+    out = _per_query(torch.matmul(attention, v), assignment)  # (B, H, N, Ev)
+    if need_weights:
+        return out, _per_query(attention, assignment)
+    return out
+
+
+def improved_clustered_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    clusters: int | None = None,
+    assignment: torch.Tensor | None = None,
+    topk: int = 32,
+    bits: int = 32,
+    iterations: int = 10,
+    key_mask: torch.Tensor | None = None,
+    query_mask: torch.Tensor | None = None,
+    softmax_scale: float | None = None,
+    generator: torch.Generator | None = None,
+    need_weights: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Improved clustered attention: exact attention on each cluster's top-k keys, centroid weights elsewhere.
+
+    With ``A_c`` the centroid attention (see :func:`clustered_attention`), ``T_c`` its ``k`` largest keys and
+    ``m_c = sum_{j in T_c} A_c[j]``, query ``i`` in cluster ``c`` gets
+    ``A_i[j] = m_c * exp(s_ij) / sum_{l in T_c} exp(s_il)`` for ``j in T_c`` (``s_ij = scale * q_i . k_j``)
+    and ``A_i[j] = A_c[j]`` elsewhere; each row sums to 1 and its L1 error is never above clustered
+    attention's (paper, Proposition 2). Computed as ``out_i = m_c * softmax(s_i[T_c]) V[T_c] + (A_c V -
+    A_c[T_c] V[T_c])``, in query chunks: memory ``O(N * k + C * S)``, never ``N * S`` unless ``need_weights``.
+
+    Args:
+        topk: keys recomputed exactly per cluster (capped at ``S``; ``topk >= S`` gives exact attention).
+        Other arguments as :func:`clustered_attention`.
+
+    Returns:
+        ``(B, H, N, Ev)``, or ``(out, weights)`` with ``need_weights``.
+
+    Example:
+        >>> q, k, v = torch.randn(1, 2, 100, 16), torch.randn(1, 2, 100, 16), torch.randn(1, 2, 100, 16)
+        >>> improved_clustered_attention(q, k, v, clusters=10, topk=8).shape
+        torch.Size([1, 2, 100, 16])
+    """
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
+    assignment, num_clusters, scale, key_bias = _prepare(
+        q, k, v, clusters, assignment, bits, iterations, key_mask, query_mask, softmax_scale, generator
+    )
+    batch, heads, n, dim = q.shape
+    s, value_dim = k.shape[2], v.shape[-1]
+    top = min(topk, s)
+    attention = _centroid_attention(
+        q, k, assignment, num_clusters, scale, key_bias, query_mask
+    )  # (B, H, C, S)
+    top_index = attention.detach().topk(top, dim=-1).indices  # (B, H, C, k)
+    top_weight = attention.gather(-1, top_index)  # (B, H, C, k)
+    mass = top_weight.sum(-1, keepdim=True)  # (B, H, C, 1)
+    top_keys = _gather_keys(k, top_index)  # (B, H, C, k, E)
+    top_values = _gather_keys(v, top_index)  # (B, H, C, k, Ev)
+    # Centroid output minus the part carried by the top-k keys: what every member keeps from A_c.
+    residual = torch.matmul(attention, v) - torch.matmul(top_weight.unsqueeze(-2), top_values).squeeze(-2)
+    top_bias = None
+    if key_bias is not None:
+        top_bias = key_bias.expand(-1, heads, num_clusters, -1).gather(-1, top_index)  # (B, H, C, k)
+
+    # Sort queries by (batch, head, cluster) and cut every cluster into blocks of _BLOCK queries, so that the
+    # exact top-k scores are one batched matmul per block: (blocks, P, E) @ (blocks, E, k).
+    groups = batch * heads * num_clusters
+    cluster_id = (
+        assignment + torch.arange(batch * heads, device=q.device).view(batch, heads, 1) * num_clusters
+    )
+    cluster_id = cluster_id.reshape(-1)  # (B*H*N,) global cluster of every query
+    order = cluster_id.argsort(stable=True)  # queries grouped by cluster
+    counts = torch.bincount(cluster_id, minlength=groups)  # (G,)
+    starts = counts.cumsum(0) - counts
+    blocks_per_cluster = (counts + _BLOCK - 1) // _BLOCK
+    block_starts = blocks_per_cluster.cumsum(0) - blocks_per_cluster
+    num_blocks = int(blocks_per_cluster.sum())
+    sorted_cluster = cluster_id[order]
+    rank = (
+        torch.arange(order.numel(), device=q.device) - starts[sorted_cluster]
+    )  # position inside its cluster
+    slot = block_starts[sorted_cluster] * _BLOCK + rank  # (B*H*N,) row in the padded block layout
+    block_cluster = torch.repeat_interleave(torch.arange(groups, device=q.device), blocks_per_cluster)
+
+    queries = q.reshape(-1, dim)[order]  # (B*H*N, E) sorted
+    padded = queries.new_zeros(num_blocks * _BLOCK, dim).index_copy(0, slot, queries)
+    padded = padded.view(num_blocks, _BLOCK, dim)  # (blocks, P, E)
+    scores = torch.matmul(padded, top_keys.reshape(groups, top, dim)[block_cluster].transpose(-1, -2)) * scale
+    if top_bias is not None:
+        scores = scores + top_bias.reshape(groups, 1, top)[block_cluster]  # (blocks, P, k)
+    probabilities = (
+        torch.softmax(scores, dim=-1) * mass.reshape(groups, 1, 1)[block_cluster]
+    )  # (blocks, P, k)
+    exact = torch.matmul(probabilities, top_values.reshape(groups, top, value_dim)[block_cluster])
+    exact = exact + residual.reshape(groups, 1, value_dim)[block_cluster]  # (blocks, P, Ev)
+    inverse = order.argsort()  # sorted position of every query
+    rows = slot[inverse]  # (B*H*N,) padded row of every query, in the original order
+    out = exact.reshape(-1, value_dim)[rows].view(batch, heads, n, value_dim)  # (B, H, N, Ev)
+    if not need_weights:
+        return out
+    weights = _per_query(attention, assignment)  # (B, H, N, S)
+    exact_weights = probabilities.reshape(-1, top)[rows].view(batch, heads, n, top)
+    weights = weights.scatter(-1, _per_query(top_index, assignment), exact_weights)
+    return out, weights
+
+
+class _ClusteredSelfAttentionBase(nn.Module):
+    """Multi-head self-attention whose core is a clustered attention function."""
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        *,
+        clusters: int = 100,
+        bits: int = 32,
+        iterations: int = 10,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if embed_dim % num_heads != 0:
+            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+        if clusters < 1:
+            raise ValueError(f"clusters must be >= 1, got {clusters}")
+        if not 1 <= bits <= MAX_BITS:
+            raise ValueError(f"bits must be in [1, {MAX_BITS}], got {bits}")
+        self.embed_dim, self.num_heads = embed_dim, num_heads
+        self.head_dim = embed_dim // num_heads
+        self.clusters, self.bits, self.iterations = clusters, bits, iterations
+        factory = {"device": device, "dtype": dtype}
+        self.qkv_proj = nn.Linear(embed_dim, 3 * embed_dim, bias=bias, **factory)
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
+
+    def _attend(self, q, k, v, mask, generator, need_weights):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        need_weights: bool = False,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``x (B, L, D)``, ``mask (B, L)`` bool True = real token -> ``(B, L, D)`` [, ``(B, H, L, L)``]."""
+        if x.dim() != 3 or x.shape[-1] != self.embed_dim:
+            raise ValueError(f"x must be (B, L, {self.embed_dim}); got {tuple(x.shape)}")
+        batch, length, _ = x.shape
+        qkv = self.qkv_proj(x).view(batch, length, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, Dh)
+        result = self._attend(q, k, v, mask, generator, need_weights)
+        out = result[0] if need_weights else result
+        out = self.out_proj(out.transpose(1, 2).reshape(batch, length, self.embed_dim))  # (B, L, D)
+        return (out, result[1]) if need_weights else out
+
+    def extra_repr(self) -> str:
+        return (
+            f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, clusters={self.clusters}, "
+            f"bits={self.bits}, iterations={self.iterations}"
+        )
+
+
+class ClusteredAttention(_ClusteredSelfAttentionBase):
+    """Multi-head self-attention with clustered attention (Vyas et al. 2020, arXiv 2007.04825).
+
+    Paper: https://arxiv.org/abs/2007.04825.
+
+    ``y = W_o concat_h(clustered_attention(x W_q^h, x W_k^h, x W_v^h))``; the mask (True = real token) hides
+    padded keys and keeps padded queries out of the clustering.
+
+    Example:
+        >>> layer = ClusteredAttention(32, 4, clusters=8)
+        >>> layer(torch.randn(2, 50, 32)).shape
+        torch.Size([2, 50, 32])
+    """
+
+    def _attend(self, q, k, v, mask, generator, need_weights):
+        return clustered_attention(
+            q, k, v, clusters=self.clusters, bits=self.bits, iterations=self.iterations, key_mask=mask,
+            query_mask=mask, generator=generator, need_weights=need_weights,
+        )  # fmt: skip
+
+
+class ImprovedClusteredAttention(_ClusteredSelfAttentionBase):
+    """Multi-head self-attention with improved clustered attention (top-k keys per cluster made exact).
+
+    Vyas et al. 2020, https://arxiv.org/abs/2007.04825; see :func:`improved_clustered_attention`.
+
+    Example:
+        >>> layer = ImprovedClusteredAttention(32, 4, clusters=8, topk=16)
+        >>> layer(torch.randn(2, 50, 32), mask=torch.ones(2, 50, dtype=torch.bool)).shape
+        torch.Size([2, 50, 32])
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, *, topk: int = 32, **kwargs) -> None:
+        super().__init__(embed_dim, num_heads, **kwargs)
+        if topk < 1:
+            raise ValueError(f"topk must be >= 1, got {topk}")
+        self.topk = topk
+
+    def _attend(self, q, k, v, mask, generator, need_weights):
+        return improved_clustered_attention(
+            q, k, v, clusters=self.clusters, topk=self.topk, bits=self.bits, iterations=self.iterations,
+            key_mask=mask, query_mask=mask, generator=generator, need_weights=need_weights,
+        )  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", topk={self.topk}"
