@@ -175,7 +175,7 @@ class BilinearAttention(nn.Module):
 
 
 class BilinearAttentionNetwork(nn.Module):
-    """Bilinear attention network: G bilinear glimpses with residual refinement of ``x``, pooled to one vector.
+    """Bilinear attention network: G glimpses with residual refinement of ``x``, pooled to one vector.
 
     ``h⁰_i = W_in x_i``; the maps ``A_g`` come from :class:`BilinearAttention` on ``(x, y)``; for g = 1..G:
     ``f_g = bilinear_pool(relu(U_g hᵍ⁻¹), relu(V_g y), A_g)`` and ``hᵍ_i = hᵍ⁻¹_i + P_g f_g`` (the same
