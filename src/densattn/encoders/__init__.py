@@ -1,0 +1,86 @@
+"""Frozen encoders returning per-layer, mask-aware mean-pooled features ``(B, num_layers, dim)``.
+
+Bundled offline encoders: ``"minilm"`` (text, 7 x 384), ``"whisper-tiny"`` (audio, 5 x 384) and
+``"efficientnet-lite0"`` (image, 16 x 320); any other name is loaded as a Hugging Face checkpoint (folder
+or cached hub id) with ``AutoModel``.
+
+Example:
+    >>> from densattn.encoders import get_encoder, list_encoders
+    >>> list_encoders()
+    ['efficientnet-lite0', 'minilm', 'whisper-tiny']
+    >>> get_encoder("minilm").encode(["hello world"]).shape
+    torch.Size([1, 7, 384])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .base import EncoderAdapter, Modality, masked_mean
+from .efficientnet import EfficientNetLite0, EfficientNetLite0Encoder
+from .hf import HFEncoder, detect_modality
+from .minilm import minilm_encoder
+from .whisper import WhisperTinyEncoder
+
+__all__ = [
+    "EfficientNetLite0",
+    "EfficientNetLite0Encoder",
+    "EncoderAdapter",
+    "HFEncoder",
+    "Modality",
+    "WhisperTinyEncoder",
+    "detect_modality",
+    "get_encoder",
+    "list_encoders",
+    "masked_mean",
+]
+
+_BUNDLED: dict[str, Callable[..., EncoderAdapter]] = {
+    "efficientnet-lite0": EfficientNetLite0Encoder,
+    "minilm": minilm_encoder,
+    "whisper-tiny": WhisperTinyEncoder,
+}
+_OPTIONS = {
+    "efficientnet-lite0": {"image_size", "crop_fraction", "weights_path"},
+    "minilm": {"max_length"},
+    "whisper-tiny": {"window_seconds", "model_file"},
+}
+
+
+def list_encoders() -> list[str]:
+    """Names of the bundled offline encoders (any HF folder or cached hub id works too)."""
+    return sorted(_BUNDLED)
+
+
+def get_encoder(name: str | Path, *, device: str | torch.device = "cpu", **options: Any) -> EncoderAdapter:
+    """A frozen encoder by name.
+
+    Args:
+        name: ``"minilm"``, ``"whisper-tiny"``, ``"efficientnet-lite0"`` or a HF folder path / cached hub id.
+        device: where the model runs.
+        **options: ``minilm``: ``max_length`` (128); ``whisper-tiny``: ``window_seconds`` (8), ``model_file``;
+            ``efficientnet-lite0``: ``image_size`` (112), ``crop_fraction`` (0.875), ``weights_path``;
+            HF: ``modality``, ``max_length``, ``dtype``, ``name``.
+
+    Raises:
+        ValueError: unknown option for a bundled encoder, or a name that is neither bundled nor loadable.
+    """
+    key = str(name)
+    if key in _BUNDLED:
+        unknown = set(options) - _OPTIONS[key]
+        if unknown:
+            raise ValueError(
+                f"options {sorted(unknown)} are not valid for encoder {key!r}; valid: {sorted(_OPTIONS[key])}"
+            )
+        return _BUNDLED[key](device=device, **options)
+    try:
+        return HFEncoder(key, device=device, **options)
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(
+            f"encoder {key!r} is not a bundled encoder ({', '.join(list_encoders())}) and could not be "
+            f"loaded as a Hugging Face checkpoint (folder or cached hub id): {error}"
+        ) from error
