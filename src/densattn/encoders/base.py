@@ -107,6 +107,10 @@ class EncoderAdapter(torch.nn.Module):
     num_layers: int
     dim: int
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.training = False
+
     def train(self, mode: bool = True) -> EncoderAdapter:  # noqa: D102 - frozen by contract
         return super().train(False)
 
