@@ -33,8 +33,9 @@ def resample(
 
 
 def read_audio(path: str | os.PathLike, *, target_sample_rate: int = TARGET_SAMPLE_RATE) -> np.ndarray:
-    """Decode ``path`` to a mono float32 waveform ``(T,)`` in [-1, 1] at ``target_sample_rate``.
+    """Decode ``path`` to a mono float32 waveform ``(T,)`` at ``target_sample_rate``.
 
+    Samples are nominally in [-1, 1] (lossy codecs such as Vorbis may overshoot a little; nothing is clipped).
     Channels are averaged. Raises ``ValueError`` naming the file when it is missing, empty or undecodable.
 
     Example:

@@ -63,12 +63,23 @@ def _first_existing(paths: Sequence[str]) -> Path | None:
 
 
 # --------------------------------------------------------------------------------------------------- fortunes
-_OVERSTRIKE = re.compile(r".\x08")
+
+
+def _apply_backspaces(text: str) -> str:
+    """Render backspace overstrike as a terminal would (``___\\b\\b\\bnot`` -> ``not``)."""
+    out: list[str] = []
+    for ch in text:
+        if ch == "\x08":
+            if out and out[-1] != "\n":
+                out.pop()
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def split_fortunes(text: str) -> list[str]:
-    """Split a fortune file into entries: entries are separated by lines holding only ``%``; overstrike
-    sequences (``char`` + backspace, used for underlining) are removed and blank entries dropped.
+    """Split a fortune file into entries: entries are separated by lines holding only ``%``; backspace
+    overstrike (used for underlining: ``___`` + 3 backspaces + ``not``) is rendered and blank entries dropped.
 
     Example:
         >>> split_fortunes("one\\n%\\n_\\x08two\\n%\\n")
@@ -82,7 +93,7 @@ def split_fortunes(text: str) -> list[str]:
         else:
             current.append(line)
     entries.append("\n".join(current))
-    cleaned = [_OVERSTRIKE.sub("", e).strip() for e in entries]
+    cleaned = [_apply_backspaces(e).strip() for e in entries]
     return [e for e in cleaned if e]
 
 
