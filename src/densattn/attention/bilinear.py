@@ -190,6 +190,7 @@ class BilinearAttentionNetwork(nn.Module):
         x_dim, y_dim: feature sizes of ``x`` and ``y``.
         hidden: size of the refined ``x`` states, of the bilinear rank and of the output.
         glimpses: G.
+        rank: rank K of the attention maps' bilinear form (default ``hidden``).
         dropout: dropout on the projections.
 
     Shapes:
@@ -209,13 +210,15 @@ class BilinearAttentionNetwork(nn.Module):
         hidden: int,
         glimpses: int = 1,
         *,
+        rank: int | None = None,
         dropout: float = 0.0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
-        self.attention = BilinearAttention(x_dim, y_dim, hidden, glimpses, dropout, **factory)
+        rank = hidden if rank is None else rank
+        self.attention = BilinearAttention(x_dim, y_dim, rank, glimpses, dropout, **factory)
         self.x_in = nn.Linear(x_dim, hidden, **factory)
         self.x_glimpse = nn.ModuleList(nn.Linear(hidden, hidden, **factory) for _ in range(glimpses))
         self.y_glimpse = nn.ModuleList(nn.Linear(y_dim, hidden, **factory) for _ in range(glimpses))
