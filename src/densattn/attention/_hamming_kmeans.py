@@ -71,17 +71,19 @@ def simhash(
 ) -> torch.Tensor:
     """SimHash with a bias term: ``h_l(x) = [w_l . x > t_l]``, packed into int64 codes.
 
-    ``w_l ~ N(0, I)`` (one set of ``bits`` planes per head) and the offset ``t_l`` is drawn uniformly between
-    the smallest and largest projection ``w_l . x`` of the (valid) vectors of that batch item and head.
-    Without the offset every plane passes through the origin and the Hamming distance tracks the *angle*; with
-    a uniform offset over the data's range, ``P(h_l(x) != h_l(y)) = |w_l . (x - y)| / range_l``, whose mean
-    over ``w_l`` is proportional to ``||x - y||``: the Hamming distance tracks the L2 distance, which is what
-    clustered attention needs (its error bound is in terms of ``||q_i - q_c||``).
+    ``w_l ~ N(0, I)`` (one set of ``bits`` planes per head) and the offset ``t_l = w_l . x_r`` is the
+    projection of a random (valid) vector ``x_r`` of the same batch item and head, so every plane cuts through
+    the data. Without an offset every plane passes through the origin and the Hamming distance only tracks the
+    *angle* (points on one ray share a code); with it, ``P(h_l(x) != h_l(y))`` is the share of the data whose
+    projection lies between ``w_l . x`` and ``w_l . y``, so the Hamming distance grows with ``||x - y||`` in
+    the data's own scale, which is what clustered attention needs (its error bound is in ``||q_i - q_c||``).
+    On MiniLM activations this gave lower attention error than offsets drawn uniformly over the projections'
+    range.
 
     Args:
         x: ``(B, H, N, E)`` vectors to hash.
         bits: number of hash bits ``L`` (1..63).
-        valid: optional bool ``(B, N)``, True = this vector counts for the offsets' range.
+        valid: optional bool ``(B, N)``, True = this vector may anchor an offset.
         generator: random source for planes and offsets.
 
     Returns:
@@ -89,20 +91,14 @@ def simhash(
     """
     if not 1 <= bits <= MAX_BITS:
         raise ValueError(f"bits must be in [1, {MAX_BITS}] (codes are packed in int64), got {bits}")
-    batch, heads, _, dim = x.shape
+    batch, heads, n, dim = x.shape
     planes = torch.randn(heads, dim, bits, generator=generator, device=x.device, dtype=x.dtype)
     projections = torch.matmul(x, planes)  # (B, H, N, L)
-    if valid is None:
-        low = projections.amin(dim=2, keepdim=True)  # (B, H, 1, L)
-        high = projections.amax(dim=2, keepdim=True)
-    else:
-        keep = valid[:, None, :, None]  # (B, 1, N, 1)
-        low = projections.masked_fill(~keep, float("inf")).amin(dim=2, keepdim=True)
-        high = projections.masked_fill(~keep, float("-inf")).amax(dim=2, keepdim=True)
-        low = torch.where(torch.isfinite(low), low, torch.zeros_like(low))
-        high = torch.where(torch.isfinite(high), high, torch.zeros_like(high))
-    fraction = torch.rand(batch, heads, 1, bits, generator=generator, device=x.device, dtype=x.dtype)
-    offsets = low + fraction * (high - low)
+    priority = torch.rand(batch, heads, n, bits, generator=generator, device=x.device)
+    if valid is not None:
+        priority = priority + (~valid)[:, None, :, None] * 2.0  # an invalid vector never anchors a plane
+    anchor = priority.argmin(dim=2, keepdim=True)  # (B, H, 1, L) a random valid vector per plane
+    offsets = projections.gather(2, anchor)  # (B, H, 1, L)
     return pack_bits(projections > offsets)
 
 

@@ -28,8 +28,8 @@ __all__ = [
     "improved_clustered_attention",
 ]
 
-_BLOCK = 32
-"""Improved variant: a cluster's queries go through in blocks of this many rows (padding < C * _BLOCK)."""
+_MAX_BLOCK = 32
+"""Improved variant: a cluster's queries go through in blocks of at most this many rows."""
 
 
 def cluster_queries(
@@ -272,8 +272,10 @@ def improved_clustered_attention(
     if key_bias is not None:
         top_bias = key_bias.expand(-1, heads, num_clusters, -1).gather(-1, top_index)  # (B, H, C, k)
 
-    # Sort queries by (batch, head, cluster) and cut every cluster into blocks of _BLOCK queries, so that the
-    # exact top-k scores are one batched matmul per block: (blocks, P, E) @ (blocks, E, k).
+    # Sort queries by (batch, head, cluster) and cut every cluster into blocks of P queries, so that the exact
+    # top-k scores are one batched matmul per block: (blocks, P, E) @ (blocks, E, k). P ~ N / C bounds the
+    # padding by about N rows per head.
+    block = max(1, min(_MAX_BLOCK, n // num_clusters))
     groups = batch * heads * num_clusters
     cluster_id = (
         assignment + torch.arange(batch * heads, device=q.device).view(batch, heads, 1) * num_clusters
@@ -282,19 +284,19 @@ def improved_clustered_attention(
     order = cluster_id.argsort(stable=True)  # queries grouped by cluster
     counts = torch.bincount(cluster_id, minlength=groups)  # (G,)
     starts = counts.cumsum(0) - counts
-    blocks_per_cluster = (counts + _BLOCK - 1) // _BLOCK
+    blocks_per_cluster = (counts + block - 1) // block
     block_starts = blocks_per_cluster.cumsum(0) - blocks_per_cluster
     num_blocks = int(blocks_per_cluster.sum())
     sorted_cluster = cluster_id[order]
     rank = (
         torch.arange(order.numel(), device=q.device) - starts[sorted_cluster]
     )  # position inside its cluster
-    slot = block_starts[sorted_cluster] * _BLOCK + rank  # (B*H*N,) row in the padded block layout
+    slot = block_starts[sorted_cluster] * block + rank  # (B*H*N,) row in the padded block layout
     block_cluster = torch.repeat_interleave(torch.arange(groups, device=q.device), blocks_per_cluster)
 
     queries = q.reshape(-1, dim)[order]  # (B*H*N, E) sorted
-    padded = queries.new_zeros(num_blocks * _BLOCK, dim).index_copy(0, slot, queries)
-    padded = padded.view(num_blocks, _BLOCK, dim)  # (blocks, P, E)
+    padded = queries.new_zeros(num_blocks * block, dim).index_copy(0, slot, queries)
+    padded = padded.view(num_blocks, block, dim)  # (blocks, P, E)
     scores = torch.matmul(padded, top_keys.reshape(groups, top, dim)[block_cluster].transpose(-1, -2)) * scale
     if top_bias is not None:
         scores = scores + top_bias.reshape(groups, 1, top)[block_cluster]  # (blocks, P, k)
