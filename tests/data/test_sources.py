@@ -163,7 +163,7 @@ def test_unknown_option_names_the_accepted_ones() -> None:
         load_dataset("fillets-cs", min_clip=5)
 
 
-@pytest.mark.parametrize("bad", [0, -3, 2.5])
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
 def test_bad_max_samples(bad) -> None:
     with pytest.raises(ValueError, match=r"max_samples=.* must be a positive integer"):
         load_dataset("fortunes", max_samples=bad)

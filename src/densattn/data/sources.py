@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -128,8 +129,12 @@ def load_dataset(
             f"spec={spec!r} must be a source name or '<kind>:PATH'; choose from {list_sources()}."
         )
     spec = spec.strip()
-    if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
-        raise ValueError(f"max_samples={max_samples!r} must be a positive integer or None (all examples).")
+    if max_samples is not None:
+        if isinstance(max_samples, bool) or not isinstance(max_samples, numbers.Integral) or max_samples < 1:
+            raise ValueError(
+                f"max_samples={max_samples!r} must be a positive integer or None (all examples)."
+            )
+        max_samples = int(max_samples)
     prefix, sep, rest = spec.partition(":")
     if sep and prefix in PATH_SOURCES:
         loader = PATH_SOURCES[prefix][0]
