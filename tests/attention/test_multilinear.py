@@ -124,15 +124,22 @@ def relative_error(module, xs, masks=None):
     return ((estimate - exact).norm() / exact.norm()).item()
 
 
-@pytest.mark.parametrize("local_constraint", [None, 0.5])
-def test_random_feature_error_falls_as_features_grow(local_constraint):
+@pytest.mark.parametrize(("local_constraint", "feature_shift"), [(None, 0.0), (0.5, 0.0), (None, -1 / 12)])
+def test_random_feature_error_falls_as_features_grow(local_constraint, feature_shift):
     xs = inputs([(4, 6, 5), (4, 5, 4), (4, 7, 3)])
     masks = [None, torch.arange(5)[None].expand(4, -1) < 4, None]
     curve = []
     for features in (8, 512, 8192):
         errors = [
             relative_error(
-                make([5, 4, 3], attn_dim=8, num_features=features, seed=s, local_constraint=local_constraint),
+                make(
+                    [5, 4, 3],
+                    attn_dim=8,
+                    num_features=features,
+                    seed=s,
+                    local_constraint=local_constraint,
+                    feature_shift=feature_shift,
+                ),
                 xs,
                 masks,
             )
@@ -222,6 +229,8 @@ def test_features_are_orthogonal_gaussian_and_seeded_only_by_generator():
 def test_bad_arguments_raise_value_error():
     with pytest.raises(ValueError, match="dims"):
         MultiLinearAttention([4], attn_dim=2, value_dim=2)
+    with pytest.raises(ValueError, match="feature_shift"):
+        MultiLinearAttention([4, 4], attn_dim=2, value_dim=2, feature_shift=0.2)
     with pytest.raises(ValueError, match="local_constraint"):
         MultiLinearAttention([4, 4], attn_dim=2, value_dim=2, local_constraint=0.0)
     module = MultiLinearAttention([4, 3], attn_dim=2, value_dim=2)
@@ -231,3 +240,15 @@ def test_bad_arguments_raise_value_error():
         module(torch.randn(1, 2, 4), torch.randn(1, 2, 4))
     with pytest.raises(ValueError, match=r"masks\[0\]"):
         module(torch.randn(1, 2, 4), torch.randn(1, 2, 3), masks=[torch.ones(1, 3, dtype=torch.bool), None])
+
+
+def test_random_features_and_anchors_come_only_from_the_generator_and_survive_state_dict():
+    xs = inputs([(2, 3, 4), (2, 5, 4)])
+    first = make([4, 4], local_constraint=0.3, seed=1)
+    second = make([4, 4], local_constraint=0.3, seed=1)
+    assert_close(first(*xs), second(*xs))
+    clone = make([4, 4], local_constraint=0.3, seed=2)
+    clone.load_state_dict(first.state_dict())  # features and anchors are saved buffers
+    assert_close(clone(*xs), first(*xs))
+    second.redraw_features(torch.Generator().manual_seed(9))
+    assert not torch.allclose(second(*xs), first(*xs))

@@ -47,19 +47,6 @@ def orthogonal_gaussian_features(
     return (rows * norms[:, :num_features, None]).to(dtype)
 
 
-def _variance_optimal_shift(count: int, dim: int, sq_norm: float) -> float:
-    """The A <= 0 of the features ``exp(A‖w‖² + sqrt(1 - 2MA) wᵀu - ‖u‖²/2)`` that minimises the relative
-    second moment of the M-fold product for ``‖Σ_m u_m‖² ≈ M·sq_norm`` (FAVOR++-style, Likhosherstov et al.
-    2022, https://arxiv.org/abs/2205.15317): with α = -4MA that moment is
-    ``((1 + α/2)² / (1 + α))^{dim/2} · exp(‖Σu‖² / (1 + α))``; α = 0 is the plain positive feature map.
-    Any A < 1/(4M) keeps the estimator unbiased; the constant only changes its variance.
-    """
-    rho = count * sq_norm
-    alphas = torch.linspace(0.0, 64.0, 6401, dtype=torch.float64)
-    log_moment = 0.5 * dim * torch.log((1 + alphas / 2) ** 2 / (1 + alphas)) + rho / (1 + alphas)
-    return -float(alphas[log_moment.argmin()]) / (4 * count)
-
-
 class MultiLinearAttention(nn.Module):
     """Attention over all position tuples ``(i_1, ..., i_M)`` of M ≥ 2 modalities, pooled multi-linearly.
 
@@ -81,11 +68,16 @@ class MultiLinearAttention(nn.Module):
 
         out ≈ Σ_r Π_m (Σ_i φ_r(u_{m,i}) v_{m,i}) / Σ_r Π_m (Σ_i φ_r(u_{m,i}))
 
-    in O(R·Σ_m N_m) time and memory. The local constraint factorises the same way: ``s = t/σ`` is appended
-    to ``u`` and each position is weighted by ``exp(-(M-1)s²/2)``. Overflow is prevented by one constant per
-    batch, head and modality (the maximum of ``log φ`` over all its positions and features); their product
-    is one global factor per batch and head, which cancels between numerator and denominator. A per-position
-    or per-feature stabiliser would not cancel and would bias the estimate, so none is used.
+    in O(R·Σ_m N_m) time and memory. The local constraint factorises too, with positive positional
+    features: with ``τ = σ/sqrt(M)``, ``∫ Π_m exp(-(t_m - c)²/(2τ²)) dc ∝ P``, so each random feature r also
+    gets an anchor ``c_r`` drawn uniformly from ``[-6τ, 1 + 6τ]`` (the integrand, a Gaussian in c of std
+    τ/sqrt(M) centred in [0, 1], has less than 1e-8 of its mass outside) and ``φ_r`` is multiplied by
+    ``exp(-(t - c_r)²/(2τ²))``.
+
+    Overflow is prevented by one constant per batch, head and modality (the maximum of ``log φ`` over all its
+    positions and features); their product is one global factor per batch and head, which cancels between
+    numerator and denominator. A per-position or per-feature stabiliser would not cancel and would bias the
+    estimate, so none is used.
 
     Scale: because the queries are L2-normalised and the values are bias-free, scaling all features of one
     modality by a constant c > 0 leaves the attention (exact and estimated) unchanged and multiplies the
@@ -107,6 +99,10 @@ class MultiLinearAttention(nn.Module):
         query_scale: the pairwise logit ``⟨z_m, z_n⟩/sqrt(D)`` equals ``query_scale · cos(z_m, z_n)`` (the
             queries have norm ``sqrt(query_scale)·D^{1/4}``). Larger values sharpen the attention but raise
             the random-feature variance, which grows like ``exp(‖Σ_m u_m‖²)`` (see benchmarks/fusion.py).
+        feature_shift: A in the generalised positive features ``exp(A‖w‖² + sqrt(1 - 2MA) wᵀu - ‖u‖²/2)``
+            (FAVOR++-style, Likhosherstov et al. 2022, https://arxiv.org/abs/2205.15317); unbiased for any
+            A < 1/(4M). 0 (default) is the FAVOR+ map; a negative A damps features with large ‖w‖, which
+            can lower the error for small attn_dim (compared in benchmarks/fusion.py).
 
     Shapes:
         ``forward(*xs, masks=None)`` with ``xs[m] (B, N_m, d_m)`` and ``masks[m] (B, N_m)`` bool
@@ -132,6 +128,7 @@ class MultiLinearAttention(nn.Module):
         local_constraint: float | None = None,
         generator: torch.Generator | None = None,
         query_scale: float = 1.0,
+        feature_shift: float = 0.0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -148,9 +145,8 @@ class MultiLinearAttention(nn.Module):
             raise ValueError(
                 f"local_constraint must be a positive bandwidth σ or None; got {local_constraint}"
             )
-        feature_dim = attn_dim + (1 if local_constraint is not None else 0)
         if num_features is None:
-            num_features = max(feature_dim, round(feature_dim * math.log(feature_dim)))
+            num_features = max(attn_dim, round(attn_dim * math.log(attn_dim)))
         if int(num_features) < 1:
             raise ValueError(f"num_features must be a positive integer or None; got {num_features}")
         factory = {"device": device, "dtype": dtype}
@@ -160,20 +156,35 @@ class MultiLinearAttention(nn.Module):
         heads = num_heads
         self.query_proj = nn.ModuleList(nn.Linear(d, heads * attn_dim, bias=False, **factory) for d in dims)
         self.value_proj = nn.ModuleList(nn.Linear(d, heads * value_dim, bias=False, **factory) for d in dims)
-        sq_norm = self.query_scale * attn_dim**0.5  # ‖u_m‖², plus E[s²] = 1/(3σ²) for t uniform in [0, 1]
-        if local_constraint is not None:
-            sq_norm += 1.0 / (3.0 * local_constraint**2)
-        self.feature_shift = _variance_optimal_shift(len(dims), feature_dim, sq_norm)
-        features = orthogonal_gaussian_features(heads, self.num_features, feature_dim, generator=generator)
-        self.register_buffer("features", features.to(device=device, dtype=dtype or torch.get_default_dtype()))
+        if not feature_shift < 1.0 / (4 * len(dims)):
+            raise ValueError(
+                f"feature_shift must be below 1/(4M) = {1 / (4 * len(dims)):.3f}; got {feature_shift}"
+            )
+        self.feature_shift = float(feature_shift)
+        buffer = {"device": device, "dtype": dtype or torch.get_default_dtype()}
+        self.register_buffer("features", torch.empty(heads, self.num_features, attn_dim, **buffer))
+        self.register_buffer(
+            "anchors", None if local_constraint is None else torch.empty(heads, self.num_features, **buffer)
+        )
+        self.redraw_features(generator)
 
     def redraw_features(self, generator: torch.Generator | None = None) -> None:
-        """Draw new random features in place, from ``generator`` only."""
-        fresh = orthogonal_gaussian_features(self.num_heads, *self.features.shape[1:], generator=generator)
+        """Draw new random features ``(H, R, D)`` (and positional anchors ``(H, R)``) in place, from
+        ``generator`` only."""
+        fresh = orthogonal_gaussian_features(
+            self.num_heads, self.num_features, self.attn_dim, generator=generator
+        )
         self.features.copy_(fresh)
+        if self.anchors is not None:
+            width = 6.0 * self._anchor_width()
+            uniform = torch.rand(self.num_heads, self.num_features, generator=generator, dtype=torch.float64)
+            self.anchors.copy_(-width + (1.0 + 2.0 * width) * uniform)
+
+    def _anchor_width(self) -> float:
+        return self.local_constraint / math.sqrt(len(self.dims))  # τ = σ / sqrt(M)
 
     def queries(self, *xs: Tensor) -> list[Tensor]:
-        """``z_m = sqrt(D) · normalize(W_m x_m)`` per modality, each ``(B, H, N_m, D)``."""
+        """``z_m = sqrt(query_scale)·D^{1/4}·normalize(W_m x_m)`` per modality, each ``(B, H, N_m, D)``."""
         out = []
         for proj, x in zip(self.query_proj, xs):
             z = proj(x).unflatten(-1, (self.num_heads, self.attn_dim)).transpose(1, 2)  # (B, H, N, D)
@@ -207,7 +218,7 @@ class MultiLinearAttention(nn.Module):
         zs, vs = self.queries(*xs), self.values(*xs)
         positions = None
         if self.local_constraint is not None:
-            positions = [self.relative_positions(x, m) / self.local_constraint for x, m in zip(xs, masks)]
+            positions = [self.relative_positions(x, m) for x, m in zip(xs, masks)]
         if self.exact:
             out, weights = self._exact(zs, vs, masks, positions)
         else:
@@ -216,7 +227,8 @@ class MultiLinearAttention(nn.Module):
         return (out, weights) if need_weights else out
 
     def tuple_logits(self, zs: Sequence[Tensor], positions: Sequence[Tensor] | None = None) -> Tensor:
-        """Exact log-kernel ``Σ_{m<n} ⟨z_m, z_n⟩/sqrt(D)`` (+ log P) over all tuples, ``(B, H, N_1..N_M)``."""
+        """Exact log-kernel ``Σ_{m<n} ⟨z_m, z_n⟩/sqrt(D)`` (+ log P) over all tuples, ``(B, H, N_1..N_M)``;
+        ``positions`` are the relative positions t, each ``(B, N_m)``."""
         count = len(zs)
         batch, heads = zs[0].shape[:2]
         logits = zs[0].new_zeros(batch, heads, *(z.shape[2] for z in zs))
@@ -225,7 +237,7 @@ class MultiLinearAttention(nn.Module):
                 pair = zs[m] @ zs[n].transpose(-2, -1) / math.sqrt(self.attn_dim)  # (B, H, N_m, N_n)
                 if positions is not None:
                     gap = positions[m][:, :, None] - positions[n][:, None, :]  # (B, N_m, N_n)
-                    pair = pair - 0.5 * gap.square()[:, None]
+                    pair = pair - 0.5 * gap.square()[:, None] / self.local_constraint**2
                 shape = [batch, heads] + [1] * count
                 shape[2 + m], shape[2 + n] = pair.shape[2], pair.shape[3]
                 logits = logits + pair.reshape(shape)  # broadcast over the other modalities
@@ -253,22 +265,20 @@ class MultiLinearAttention(nn.Module):
 
     def _random_features(self, zs, vs, masks, positions) -> Tensor:
         count = len(zs)
-        features = self.features.to(zs[0].dtype)  # (H, R, D')
-        shift = self.feature_shift  # A <= 0; B = sqrt(1 - 2MA) keeps the estimate unbiased
+        features = self.features.to(zs[0].dtype)  # (H, R, D)
+        shift = self.feature_shift  # A; B = sqrt(1 - 2MA) keeps the estimate unbiased
         feature_bias = shift * features.square().sum(-1)[None, :, None, :]  # A·‖w_r‖², (1, H, 1, R)
         features = features * math.sqrt(1.0 - 2.0 * count * shift)
         numerator, denominator = None, None
         for m in range(count):
             u = zs[m] / self.attn_dim**0.25  # (B, H, N, D)
-            log_weight = None
-            if positions is not None:
-                s = positions[m][:, None, :, None].expand(-1, u.shape[1], -1, 1)  # (B, H, N, 1)
-                u = torch.cat([u, s], dim=-1)  # (B, H, N, D+1)
-                log_weight = -0.5 * (count - 1) * s.square()
             log_phi = torch.einsum("bhnd,hrd->bhnr", u, features) - 0.5 * u.square().sum(-1, keepdim=True)
             log_phi = log_phi + feature_bias  # (B, H, N, R)
-            if log_weight is not None:
-                log_phi = log_phi + log_weight  # (B, H, N, R)
+            if positions is not None:  # positive positional features exp(-(t - c_r)²/(2τ²))
+                gap = (
+                    positions[m][:, None, :, None] - self.anchors.to(u.dtype)[None, :, None, :]
+                )  # (B, H, N, R)
+                log_phi = log_phi - 0.5 * gap.square() / self._anchor_width() ** 2
             if masks[m] is not None:
                 log_phi = log_phi.masked_fill(~masks[m][:, None, :, None], float("-inf"))
             stabiliser = log_phi.amax(dim=(2, 3), keepdim=True)  # one per (batch, head, modality)
