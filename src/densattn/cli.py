@@ -16,7 +16,8 @@ from densattn import __version__
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="densattn",
-        description="Density-adaptive attention heads on frozen encoders, and the attention systems they are compared with.",
+        description="Density-adaptive attention heads on frozen encoders, and the attention systems they are "
+        "compared with.",
     )
     parser.add_argument("--version", action="version", version=f"densattn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
