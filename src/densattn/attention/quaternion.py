@@ -158,8 +158,7 @@ def hamilton_attention(
     sign = _SIGN.to(device=q.device, dtype=q.dtype)[:, :, None]  # (4, 4, 1)
     q_mixed = q[:, :, :, _PERM.to(q.device)] * sign  # (B, H, L, 4c, 4m, d)
     q_mixed = q_mixed.permute(0, 1, 3, 2, 4, 5).reshape(B, H, 4 * L, 4 * d)  # (B, H, 4L, 4d), rows c·L + t
-    kf, vf = k.reshape(B, H, S, 4 * d), v.reshape(B, H, S, 4 * d)  # (B, H, S, 4d)
-    weights = None
+    kf = k.reshape(B, H, S, 4 * d)  # (B, H, S, 4d)
     if need_weights:
         scores = q_mixed @ kf.transpose(-2, -1) / math.sqrt(4 * d)  # (B, H, 4L, S)
         if attn_mask is not None:
@@ -167,16 +166,19 @@ def hamilton_attention(
         weights = scores.softmax(dim=-1)
         if keep_any is not None:
             weights = weights * keep_any
-        out = (F.dropout(weights, dropout_p) if dropout_p > 0 else weights) @ vf  # (B, H, 4L, 4d)
-        weights = weights.view(B, H, 4, L, S).transpose(1, 2)  # (B, 4, H, L, S)
-    else:
-        # One SDPA call: the four maps share k and v, so their queries are stacked along the query axis.
-        out = F.scaled_dot_product_attention(q_mixed, kf, vf, attn_mask=attn_mask, dropout_p=dropout_p)
-        if keep_any is not None:
-            out = out * keep_any
-    # Row block c of the output only keeps value component c: O_c = A_c V_c.
+        maps = weights.view(B, H, 4, L, S)  # (B, H, 4, L, S)
+        dropped = F.dropout(maps, dropout_p) if dropout_p > 0 else maps
+        out = dropped @ v.permute(0, 1, 3, 2, 4)  # (B, H, 4, L, S) @ (B, H, 4, S, d) → (B, H, 4, L, d): A_c V_c
+        return out.permute(0, 1, 3, 2, 4), maps.transpose(1, 2)  # (B, H, L, 4, d), (B, 4, H, L, S)
+    # One SDPA call: the four maps share k and v, so their queries are stacked along the query axis. It weights
+    # all 4d value columns and row block c keeps component c (O_c = A_c V_c): 3/4 of the value products are
+    # discarded, which still beats materialising the four maps on CPU (benchmarks/quaternion_attention.py).
+    vf = v.reshape(B, H, S, 4 * d)  # (B, H, S, 4d)
+    out = F.scaled_dot_product_attention(q_mixed, kf, vf, attn_mask=attn_mask, dropout_p=dropout_p)
+    if keep_any is not None:
+        out = out * keep_any
     out = out.view(B, H, 4, L, 4, d).diagonal(dim1=2, dim2=4)  # (B, H, L, d, 4)
-    return out.permute(0, 1, 2, 4, 3), weights  # (B, H, L, 4, d)
+    return out.permute(0, 1, 2, 4, 3), None  # (B, H, L, 4, d)
 
 
 class QuaternionSelfAttention(nn.Module):
@@ -281,10 +283,7 @@ class QuaternionSelfAttention(nn.Module):
         return (out, weights) if need_weights else out
 
     def extra_repr(self) -> str:
-        return (
-            f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, mode={self.mode!r}, "
-            f"dropout={self.dropout}"
-        )
+        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, mode={self.mode!r}, dropout={self.dropout}"
 
 
 class QuaternionFeedForward(nn.Module):
