@@ -1,7 +1,8 @@
 """Concentration DG experiment (https://arxiv.org/abs/2406.10584) on Debian fortunes + MiniLM-L6.
 
 Writes benchmarks/results/concentration_dg.{json,md}. Same as
-``densattn concentrate --output benchmarks/results/concentration_dg``; about 8 minutes on 2 oversubscribed cores (3 min of CPU).
+``densattn concentrate --output benchmarks/results/concentration_dg``; about 8 minutes on 2 oversubscribed
+cores (3 min of CPU).
 """
 
 from __future__ import annotations
