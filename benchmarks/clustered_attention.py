@@ -50,9 +50,7 @@ def materialised(q, k, v):
 METHODS = {
     "sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
     "materialised": materialised,
-    "clustered": lambda q, k, v: clustered_attention(
-        q, k, v, clusters=CLUSTERS, bits=BITS, iterations=ITERATIONS
-    ),
+    "clustered": lambda q, k, v: clustered_attention(q, k, v, clusters=CLUSTERS, bits=BITS, iterations=ITERATIONS),
     "improved": lambda q, k, v: improved_clustered_attention(
         q, k, v, clusters=CLUSTERS, topk=TOPK, bits=BITS, iterations=ITERATIONS
     ),
@@ -107,9 +105,7 @@ def time_sweep(sizes: list[int], rounds: int, min_run_time: float) -> dict:
                     per_round[m].append(timer.blocked_autorange(min_run_time=min_run_time).median)
         row = {f"time_{m}_s": statistics.median(t) for m, t in per_round.items()}
         for m in ("clustered", "improved"):
-            row[f"speedup_{m}_vs_sdpa"] = statistics.median(
-                s / t for s, t in zip(per_round["sdpa"], per_round[m])
-            )
+            row[f"speedup_{m}_vs_sdpa"] = statistics.median(s / t for s, t in zip(per_round["sdpa"], per_round[m]))
         rows[n] = row
         print(n, {key: round(val, 4) for key, val in row.items()}, flush=True)
     return rows
@@ -142,13 +138,9 @@ def capture_minilm(layers: list[int], sequences: int) -> dict[int, tuple[torch.T
             text += [e.strip() for e in file.read_text(errors="replace").split("\n%\n") if e.strip()]
     tokens = tokenizer(" ".join(text), add_special_tokens=False)["input_ids"]
     if len(tokens) < sequences * 510:
-        raise RuntimeError(
-            f"only {len(tokens)} tokens of fortunes text; install the Debian `fortunes` package"
-        )
+        raise RuntimeError(f"only {len(tokens)} tokens of fortunes text; install the Debian `fortunes` package")
     ids = torch.tensor(tokens[: sequences * 510]).view(sequences, 510)
-    ids = torch.cat(
-        [torch.full((sequences, 1), tokenizer.cls_token_id), ids, torch.full((sequences, 1), 102)], 1
-    )
+    ids = torch.cat([torch.full((sequences, 1), tokenizer.cls_token_id), ids, torch.full((sequences, 1), 102)], 1)
     captured: dict[tuple[int, str], torch.Tensor] = {}
     hooks = []
     for layer in layers:
@@ -249,9 +241,7 @@ def plot(result: dict, path: Path) -> None:
         ("improved", "improved clustered"),
     ):
         ax.plot(sizes, [result["time"][n][f"time_{key}_s"] for n in result["time"]], "o-", label=label)
-    mat = [
-        (int(n), t["time_materialised_s"]) for n, t in result["time"].items() if "time_materialised_s" in t
-    ]
+    mat = [(int(n), t["time_materialised_s"]) for n, t in result["time"].items() if "time_materialised_s" in t]
     if mat:
         ax.plot(*zip(*mat), "s--", label="full (materialised)")
     ax.set(xscale="log", yscale="log", xlabel="sequence length N", ylabel="time per forward (s)")

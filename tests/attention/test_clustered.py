@@ -107,9 +107,7 @@ def test_matches_loop_references(masked):
     out_c, w_c = clustered_attention(q, k, v, assignment=assignment, key_mask=mask, need_weights=True)
     torch.testing.assert_close(w_c, ref_weights_clustered(q, k, assignment, mask))
     torch.testing.assert_close(out_c, w_c @ v)
-    out_i, w_i = improved_clustered_attention(
-        q, k, v, assignment=assignment, topk=3, key_mask=mask, need_weights=True
-    )
+    out_i, w_i = improved_clustered_attention(q, k, v, assignment=assignment, topk=3, key_mask=mask, need_weights=True)
     torch.testing.assert_close(w_i, ref_weights_improved(q, k, assignment, 3, mask))
     torch.testing.assert_close(out_i, w_i @ v)
     # The memory-lean path (no weights) gives the same output.
@@ -138,9 +136,7 @@ def test_improved_with_topk_at_least_keys_is_exact(seed, clusters, extra, masked
     assignment = torch.randint(0, clusters, (2, 2, 7), generator=g)
     sdpa_mask = None if mask is None else mask[:, None, None, :]
     full = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask)
-    out = improved_clustered_attention(
-        q, k, v, assignment=assignment, clusters=clusters, topk=9 + extra, key_mask=mask
-    )
+    out = improved_clustered_attention(q, k, v, assignment=assignment, clusters=clusters, topk=9 + extra, key_mask=mask)
     torch.testing.assert_close(out, full)
 
 
@@ -174,9 +170,7 @@ def test_improved_row_error_never_above_clustered(seed, clusters, topk, masked):
     assignment = torch.randint(0, clusters, (2, 2, 7), generator=g)
     exact = ref_weights_full(q, k, mask)
     _, w_c = clustered_attention(q, k, v, assignment=assignment, key_mask=mask, need_weights=True)
-    _, w_i = improved_clustered_attention(
-        q, k, v, assignment=assignment, topk=topk, key_mask=mask, need_weights=True
-    )
+    _, w_i = improved_clustered_attention(q, k, v, assignment=assignment, topk=topk, key_mask=mask, need_weights=True)
     error_c = (w_c - exact).abs().sum(-1)
     error_i = (w_i - exact).abs().sum(-1)
     assert bool((error_i <= error_c + 1e-12).all())
@@ -187,9 +181,7 @@ def test_improved_row_error_never_above_clustered(seed, clusters, topk, masked):
 def test_masked_keys_get_zero_weight_and_do_not_matter(fn):
     q, k, v, g = make_inputs(4, s=12)
     mask = random_mask(2, 12, g)
-    out, weights = fn(
-        q, k, v, clusters=3, key_mask=mask, need_weights=True, generator=torch.Generator().manual_seed(0)
-    )
+    out, weights = fn(q, k, v, clusters=3, key_mask=mask, need_weights=True, generator=torch.Generator().manual_seed(0))
     assert bool((weights.masked_select(~mask[:, None, None, :].expand_as(weights)) == 0).all())
     noisy_k = torch.where(mask[:, None, :, None], k, torch.randn_like(k) * 100)
     noisy_v = torch.where(mask[:, None, :, None], v, torch.randn_like(v) * 100)
@@ -212,9 +204,7 @@ def test_popcount_and_packing_match_python():
 
 
 @settings(max_examples=15, deadline=None)
-@given(
-    seed=st.integers(0, 10_000), bits=st.integers(1, 63), clusters=st.integers(1, 12), masked=st.booleans()
-)
+@given(seed=st.integers(0, 10_000), bits=st.integers(1, 63), clusters=st.integers(1, 12), masked=st.booleans())
 def test_kmeans_never_increases_distortion(seed, bits, clusters, masked):
     g = torch.Generator().manual_seed(seed)
     # Codes drawn around a few prototypes so that the clustering has structure to find.

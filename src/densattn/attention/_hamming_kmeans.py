@@ -36,9 +36,7 @@ def pack_bits(bits: torch.Tensor) -> torch.Tensor:
     num_bits = bits.shape[-1]
     if not 1 <= num_bits <= MAX_BITS:
         raise ValueError(f"bits must be in [1, {MAX_BITS}] to pack into int64, got {num_bits}")
-    weights = torch.ones(num_bits, dtype=torch.int64, device=bits.device) << torch.arange(
-        num_bits, device=bits.device
-    )
+    weights = torch.ones(num_bits, dtype=torch.int64, device=bits.device) << torch.arange(num_bits, device=bits.device)
     return (bits.to(torch.int64) * weights).sum(-1)
 
 
@@ -188,9 +186,7 @@ def hamming_kmeans(
     history = []
     assignment = torch.zeros(batch, heads, n, dtype=torch.int64, device=device)
     for step in range(iterations + 1):
-        nearest, assignment = _nearest(
-            codes, signs, centroid_codes, centroid_signs, bits, method
-        )  # (B, H, N)
+        nearest, assignment = _nearest(codes, signs, centroid_codes, centroid_signs, bits, method)  # (B, H, N)
         if return_distortion:
             history.append((nearest * weight).sum(-1).round().to(torch.int64))
         if step == iterations:

@@ -70,9 +70,7 @@ def cluster_queries(
 def _prepare(q, k, v, clusters, assignment, bits, iterations, key_mask, query_mask, softmax_scale, generator):
     """Validate inputs; return (assignment, C, scale, additive key bias or None)."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(
-            f"q, k, v must be 4-D (B, H, L, E); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        )
+        raise ValueError(f"q, k, v must be 4-D (B, H, L, E); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     batch, heads, n, dim = q.shape
     if k.shape[:2] != (batch, heads) or k.shape[-1] != dim or v.shape[:3] != k.shape[:3]:
         raise ValueError(
@@ -91,8 +89,7 @@ def _prepare(q, k, v, clusters, assignment, bits, iterations, key_mask, query_ma
             )
     if query_mask is not None and (query_mask.shape != (batch, n) or query_mask.dtype != torch.bool):
         raise ValueError(
-            f"query_mask must be bool (B, N) = ({batch}, {n}); "
-            f"got {query_mask.dtype} {tuple(query_mask.shape)}"
+            f"query_mask must be bool (B, N) = ({batch}, {n}); got {query_mask.dtype} {tuple(query_mask.shape)}"
         )
     if assignment is None:
         num_clusters = min(100 if clusters is None else clusters, n)
@@ -117,9 +114,7 @@ def _prepare(q, k, v, clusters, assignment, bits, iterations, key_mask, query_ma
         assignment = assignment.to(torch.int64)
         num_clusters = int(assignment.max()) + 1 if clusters is None else clusters
         if int(assignment.min()) < 0 or int(assignment.max()) >= num_clusters:
-            raise ValueError(
-                f"assignment ids must lie in [0, clusters={num_clusters}); pass clusters=None to infer"
-            )
+            raise ValueError(f"assignment ids must lie in [0, clusters={num_clusters}); pass clusters=None to infer")
     scale = 1.0 / math.sqrt(dim) if softmax_scale is None else softmax_scale
     key_bias = None
     if key_mask is not None:
@@ -204,9 +199,7 @@ def clustered_attention(
     assignment, num_clusters, scale, key_bias = _prepare(
         q, k, v, clusters, assignment, bits, iterations, key_mask, query_mask, softmax_scale, generator
     )
-    attention = _centroid_attention(
-        q, k, assignment, num_clusters, scale, key_bias, query_mask
-    )  # (B, H, C, S)
+    attention = _centroid_attention(q, k, assignment, num_clusters, scale, key_bias, query_mask)  # (B, H, C, S)
     out = _per_query(torch.matmul(attention, v), assignment)  # (B, H, N, Ev)
     if need_weights:
         return out, _per_query(attention, assignment)
@@ -258,9 +251,7 @@ def improved_clustered_attention(
     batch, heads, n, dim = q.shape
     s, value_dim = k.shape[2], v.shape[-1]
     top = min(topk, s)
-    attention = _centroid_attention(
-        q, k, assignment, num_clusters, scale, key_bias, query_mask
-    )  # (B, H, C, S)
+    attention = _centroid_attention(q, k, assignment, num_clusters, scale, key_bias, query_mask)  # (B, H, C, S)
     top_index = attention.detach().topk(top, dim=-1).indices  # (B, H, C, k)
     top_weight = attention.gather(-1, top_index)  # (B, H, C, k)
     mass = top_weight.sum(-1, keepdim=True)  # (B, H, C, 1)
@@ -277,9 +268,7 @@ def improved_clustered_attention(
     # padding by about N rows per head.
     block = max(1, min(_MAX_BLOCK, n // num_clusters))
     groups = batch * heads * num_clusters
-    cluster_id = (
-        assignment + torch.arange(batch * heads, device=q.device).view(batch, heads, 1) * num_clusters
-    )
+    cluster_id = assignment + torch.arange(batch * heads, device=q.device).view(batch, heads, 1) * num_clusters
     cluster_id = cluster_id.reshape(-1)  # (B*H*N,) global cluster of every query
     order = cluster_id.argsort(stable=True)  # queries grouped by cluster
     counts = torch.bincount(cluster_id, minlength=groups)  # (G,)
@@ -288,9 +277,7 @@ def improved_clustered_attention(
     block_starts = blocks_per_cluster.cumsum(0) - blocks_per_cluster
     num_blocks = int(blocks_per_cluster.sum())
     sorted_cluster = cluster_id[order]
-    rank = (
-        torch.arange(order.numel(), device=q.device) - starts[sorted_cluster]
-    )  # position inside its cluster
+    rank = torch.arange(order.numel(), device=q.device) - starts[sorted_cluster]  # position inside its cluster
     slot = block_starts[sorted_cluster] * block + rank  # (B*H*N,) row in the padded block layout
     block_cluster = torch.repeat_interleave(torch.arange(groups, device=q.device), blocks_per_cluster)
 
@@ -300,9 +287,7 @@ def improved_clustered_attention(
     scores = torch.matmul(padded, top_keys.reshape(groups, top, dim)[block_cluster].transpose(-1, -2)) * scale
     if top_bias is not None:
         scores = scores + top_bias.reshape(groups, 1, top)[block_cluster]  # (blocks, P, k)
-    probabilities = (
-        torch.softmax(scores, dim=-1) * mass.reshape(groups, 1, 1)[block_cluster]
-    )  # (blocks, P, k)
+    probabilities = torch.softmax(scores, dim=-1) * mass.reshape(groups, 1, 1)[block_cluster]  # (blocks, P, k)
     exact = torch.matmul(probabilities, top_values.reshape(groups, top, value_dim)[block_cluster])
     exact = exact + residual.reshape(groups, 1, value_dim)[block_cluster]  # (blocks, P, Ev)
     inverse = order.argsort()  # sorted position of every query
