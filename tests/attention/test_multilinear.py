@@ -75,9 +75,7 @@ def reference(module, xs, masks=None):
 
 @pytest.mark.parametrize("local_constraint", [None, 0.5])
 def test_exact_matches_loop_reference_with_masks(local_constraint):
-    module = make(
-        [5, 3, 4], attn_dim=4, value_dim=2, num_heads=2, exact=True, local_constraint=local_constraint
-    )
+    module = make([5, 3, 4], attn_dim=4, value_dim=2, num_heads=2, exact=True, local_constraint=local_constraint)
     xs = inputs([(2, 3, 5), (2, 4, 3), (2, 2, 4)])
     masks = [
         torch.tensor([[True, False, True], [True, True, True]]),
@@ -252,3 +250,14 @@ def test_random_features_and_anchors_come_only_from_the_generator_and_survive_st
     assert_close(clone(*xs), first(*xs))
     second.redraw_features(torch.Generator().manual_seed(9))
     assert not torch.allclose(second(*xs), first(*xs))
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_bfloat16_autocast_keeps_the_kernel_in_float32(exact):
+    torch.manual_seed(0)
+    module = MultiLinearAttention([4, 4, 4], attn_dim=8, value_dim=2, exact=exact)
+    xs = [torch.randn(2, 6, 4) for _ in range(3)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = module(*xs)
+    assert torch.isfinite(low).all()
+    assert_close(low.float(), module(*xs), atol=0.05, rtol=0.05)

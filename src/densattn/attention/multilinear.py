@@ -135,16 +135,12 @@ class MultiLinearAttention(nn.Module):
         super().__init__()
         dims = [int(d) for d in dims]
         if len(dims) < 2 or min(dims) < 1:
-            raise ValueError(
-                f"dims must list the positive feature size of each of M >= 2 modalities; got {dims}"
-            )
+            raise ValueError(f"dims must list the positive feature size of each of M >= 2 modalities; got {dims}")
         for name, value in (("attn_dim", attn_dim), ("value_dim", value_dim), ("num_heads", num_heads)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be a positive integer; got {value}")
         if local_constraint is not None and not local_constraint > 0:
-            raise ValueError(
-                f"local_constraint must be a positive bandwidth σ or None; got {local_constraint}"
-            )
+            raise ValueError(f"local_constraint must be a positive bandwidth σ or None; got {local_constraint}")
         if num_features is None:
             num_features = max(attn_dim, round(attn_dim * math.log(attn_dim)))
         if int(num_features) < 1:
@@ -157,9 +153,7 @@ class MultiLinearAttention(nn.Module):
         self.query_proj = nn.ModuleList(nn.Linear(d, heads * attn_dim, bias=False, **factory) for d in dims)
         self.value_proj = nn.ModuleList(nn.Linear(d, heads * value_dim, bias=False, **factory) for d in dims)
         if not feature_shift < 1.0 / (4 * len(dims)):
-            raise ValueError(
-                f"feature_shift must be below 1/(4M) = {1 / (4 * len(dims)):.3f}; got {feature_shift}"
-            )
+            raise ValueError(f"feature_shift must be below 1/(4M) = {1 / (4 * len(dims)):.3f}; got {feature_shift}")
         self.feature_shift = float(feature_shift)
         buffer = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         self.register_buffer("features", torch.empty(heads, self.num_features, attn_dim, **buffer))
@@ -171,9 +165,7 @@ class MultiLinearAttention(nn.Module):
     def redraw_features(self, generator: torch.Generator | None = None) -> None:
         """Draw new random features ``(H, R, D)`` (and positional anchors ``(H, R)``) in place, from
         ``generator`` only."""
-        fresh = orthogonal_gaussian_features(
-            self.num_heads, self.num_features, self.attn_dim, generator=generator
-        )
+        fresh = orthogonal_gaussian_features(self.num_heads, self.num_features, self.attn_dim, generator=generator)
         self.features.copy_(fresh)
         if self.anchors is not None:
             width = 6.0 * self._anchor_width()
@@ -213,17 +205,20 @@ class MultiLinearAttention(nn.Module):
         masks = self._check(xs, masks)
         if need_weights and not self.exact:
             raise ValueError("need_weights=True needs the materialised map: construct with exact=True")
-        compute = torch.float32 if xs[0].dtype in (torch.float16, torch.bfloat16) else xs[0].dtype
+        input_dtype = xs[0].dtype
+        compute = torch.float32 if input_dtype in (torch.float16, torch.bfloat16) else input_dtype
         xs = tuple(x.to(compute) for x in xs)
         zs, vs = self.queries(*xs), self.values(*xs)
-        positions = None
-        if self.local_constraint is not None:
-            positions = [self.relative_positions(x, m) for x, m in zip(xs, masks)]
-        if self.exact:
-            out, weights = self._exact(zs, vs, masks, positions)
-        else:
-            out, weights = self._random_features(zs, vs, masks, positions), None
-        out = out.flatten(1).to(xs[0].dtype if compute == xs[0].dtype else self.features.dtype)  # (B, H*V)
+        with torch.autocast(device_type=xs[0].device.type, enabled=False):  # exp and sums in >= float32
+            zs, vs = [z.to(compute) for z in zs], [v.to(compute) for v in vs]
+            positions = None
+            if self.local_constraint is not None:
+                positions = [self.relative_positions(x, m) for x, m in zip(xs, masks)]
+            if self.exact:
+                out, weights = self._exact(zs, vs, masks, positions)
+            else:
+                out, weights = self._random_features(zs, vs, masks, positions), None
+        out = out.flatten(1).to(input_dtype)  # (B, H*V)
         return (out, weights) if need_weights else out
 
     def tuple_logits(self, zs: Sequence[Tensor], positions: Sequence[Tensor] | None = None) -> Tensor:
@@ -275,9 +270,7 @@ class MultiLinearAttention(nn.Module):
             log_phi = torch.einsum("bhnd,hrd->bhnr", u, features) - 0.5 * u.square().sum(-1, keepdim=True)
             log_phi = log_phi + feature_bias  # (B, H, N, R)
             if positions is not None:  # positive positional features exp(-(t - c_r)²/(2τ²))
-                gap = (
-                    positions[m][:, None, :, None] - self.anchors.to(u.dtype)[None, :, None, :]
-                )  # (B, H, N, R)
+                gap = positions[m][:, None, :, None] - self.anchors.to(u.dtype)[None, :, None, :]  # (B, H, N, R)
                 log_phi = log_phi - 0.5 * gap.square() / self._anchor_width() ** 2
             if masks[m] is not None:
                 log_phi = log_phi.masked_fill(~masks[m][:, None, :, None], float("-inf"))
@@ -294,14 +287,11 @@ class MultiLinearAttention(nn.Module):
 
     def _check(self, xs: Sequence[Tensor], masks) -> list[Tensor | None]:
         if len(xs) != len(self.dims):
-            raise ValueError(
-                f"expected {len(self.dims)} modalities (dims={self.dims}); got {len(xs)} tensors"
-            )
+            raise ValueError(f"expected {len(self.dims)} modalities (dims={self.dims}); got {len(xs)} tensors")
         for m, x in enumerate(xs):
             if x.dim() != 3 or x.shape[-1] != self.dims[m] or x.shape[0] != xs[0].shape[0]:
                 raise ValueError(
-                    f"xs[{m}] must have shape (B, N, {self.dims[m]}) with the batch size of xs[0]; "
-                    f"got {tuple(x.shape)}"
+                    f"xs[{m}] must have shape (B, N, {self.dims[m]}) with the batch size of xs[0]; got {tuple(x.shape)}"
                 )
         if masks is None:
             return [None] * len(xs)
