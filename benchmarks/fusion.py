@@ -33,9 +33,7 @@ def peak_tensor_bytes(fn) -> int:
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted(
-        (event.time_range.start, event.self_cpu_memory_usage)
-        for event in prof.events()
-        if event.self_cpu_memory_usage
+        (event.time_range.start, event.self_cpu_memory_usage) for event in prof.events() if event.self_cpu_memory_usage
     )
     live = peak = 0
     for _, change in events:
@@ -94,18 +92,14 @@ def error_curve(args) -> list[dict]:
     rows = []
     dims = [args.dim] * 3
     generator = torch.Generator().manual_seed(1)
-    xs = [
-        torch.randn(args.batch, args.error_length, d, generator=generator, dtype=torch.float64) for d in dims
-    ]
+    xs = [torch.randn(args.batch, args.error_length, d, generator=generator, dtype=torch.float64) for d in dims]
     variants = [(scale, 0.0, None) for scale in (0.5, 1.0, 2.0)] + [(1.0, -1.0 / 12, None), (1.0, 0.0, 0.2)]
     with torch.no_grad():
         for query_scale, feature_shift, local_constraint in variants:
             for num_features in args.error_features:
                 errors, scaled_errors = [], []
                 for seed in range(args.seeds):
-                    torch.manual_seed(
-                        100
-                    )  # the same projections for every R and seed: only the features vary
+                    torch.manual_seed(100)  # the same projections for every R and seed: only the features vary
                     module = MultiLinearAttention(
                         dims,
                         attn_dim=args.attn_dim,
@@ -127,9 +121,7 @@ def error_curve(args) -> list[dict]:
                     "R": num_features,
                     "mean_relative_error": statistics.mean(errors),
                     "std_relative_error": statistics.stdev(errors),
-                    "max_abs_change_when_x1_scaled_by_100": max(
-                        abs(a - b) for a, b in zip(errors, scaled_errors)
-                    ),
+                    "max_abs_change_when_x1_scaled_by_100": max(abs(a - b) for a, b in zip(errors, scaled_errors)),
                 }
                 rows.append(row)
                 print(row, flush=True)

@@ -36,9 +36,7 @@ def one_thread():
 def test_learns_synthetic_interaction_of_two_modalities(method, one_thread):
     torch.manual_seed(0)
     x, y, labels = synthetic_xor(768, seed=1)
-    head = FusionHead(
-        [6, 3], 2, method=method, hidden=32, dropout=0.0, generator=torch.Generator().manual_seed(0)
-    )
+    head = FusionHead([6, 3], 2, method=method, hidden=32, dropout=0.0, generator=torch.Generator().manual_seed(0))
     optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3)
     for step in range(300):
         index = torch.randint(0, 512, (64,), generator=torch.Generator().manual_seed(step))

@@ -137,18 +137,14 @@ class FusionHead(nn.Module):
     def forward(self, *features: Tensor, masks: Sequence[Tensor | None] | None = None) -> Tensor:
         """Logits ``(B, num_classes)``; see the class docstring."""
         if len(features) != len(self.dims):
-            raise ValueError(
-                f"expected {len(self.dims)} feature tensors (dims={self.dims}); got {len(features)}"
-            )
+            raise ValueError(f"expected {len(self.dims)} feature tensors (dims={self.dims}); got {len(features)}")
         masks = [None] * len(features) if masks is None else list(masks)
         if len(masks) != len(features):
             raise ValueError(f"masks must hold one entry per modality ({len(features)}); got {len(masks)}")
         xs = []
         for m, x in enumerate(features):
             if x.dim() != 3 or x.shape[-1] != self.dims[m]:
-                raise ValueError(
-                    f"features[{m}] must have shape (B, N, {self.dims[m]}); got {tuple(x.shape)}"
-                )
+                raise ValueError(f"features[{m}] must have shape (B, N, {self.dims[m]}); got {tuple(x.shape)}")
             x = self.input_norm[m](x)
             if self.position is not None:
                 if x.shape[1] > self.position[m].shape[0]:
