@@ -90,9 +90,7 @@ def peak_memory(variant: str, length: int, embed_dim: int, backward: bool) -> in
     inputs = make_inputs(length, embed_dim, backward)
     grad = torch.ones(BATCH, length, embed_dim) if backward else None
     run_once(op, inputs, grad)
-    with profile(
-        activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
-    ) as prof:
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
         run_once(op, inputs, grad)
     timeline = MemoryProfileTimeline(prof._memory_profile())
     _, sizes = timeline._coalesce_timeline(torch.device("cpu"))

@@ -11,8 +11,9 @@ mask-aware mean over bytes → Linear → 4 classes. Same seed, same initial wei
 For context the results also hold the majority-class accuracy and a TF-IDF char n-gram logistic regression
 on the same truncated text and split.
 
-Usage: python benchmarks/quaternion_train.py [--epochs 8] [--modes shared hamilton] [--seeds 0 1]
-Writes benchmarks/results/quaternion_train.json.
+Usage: python benchmarks/quaternion_train.py [--epochs 8] [--modes shared hamilton] [--seeds 0 1] [--output NAME]
+Writes benchmarks/results/NAME (default quaternion_train.json). The committed results ran one process per mode
+(``--modes shared --output quaternion_train_shared.json``, likewise hamilton, and ``--seeds 1`` runs).
 """
 
 from __future__ import annotations
@@ -175,11 +176,7 @@ def main() -> None:
     majority_accuracy = float((labels[test] == majority).float().mean())
     reference_accuracy = char_ngram_reference(data, train, test, args.max_length)
 
-    runs = [
-        train_mode(mode, seed, splits, args, len(data.classes))
-        for seed in args.seeds
-        for mode in args.modes
-    ]
+    runs = [train_mode(mode, seed, splits, args, len(data.classes)) for seed in args.seeds for mode in args.modes]
     summary = {}
     for mode in args.modes:
         accs = [r["test"]["accuracy"] for r in runs if r["mode"] == mode]

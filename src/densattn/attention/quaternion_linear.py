@@ -176,9 +176,7 @@ class QuaternionLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"x must have {self.in_features} features on its last axis, got shape {tuple(x.shape)}."
-            )
+            raise ValueError(f"x must have {self.in_features} features on its last axis, got shape {tuple(x.shape)}.")
         return F.linear(x, self.real_weight(), self.bias)
 
     def extra_repr(self) -> str:
@@ -228,9 +226,7 @@ class QuaternionRMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.features:
-            raise ValueError(
-                f"x must have {self.features} features on its last axis, got shape {tuple(x.shape)}."
-            )
+            raise ValueError(f"x must have {self.features} features on its last axis, got shape {tuple(x.shape)}.")
         gain = self.weight.repeat(4)  # (features,) the same gain for r, i, j, k of a quaternion
         return F.rms_norm(x, (self.features,), gain, self.eps)
 
