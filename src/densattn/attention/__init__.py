@@ -1,5 +1,13 @@
 """Attention mechanisms, one file each; :mod:`densattn.attention.registry` maps names to classes."""
 
+from densattn.attention.bilinear import BilinearAttention, BilinearAttentionNetwork, bilinear_pool, joint_pair_softmax
+from densattn.attention.clustered import (
+    ClusteredAttention,
+    ImprovedClusteredAttention,
+    cluster_queries,
+    clustered_attention,
+    improved_clustered_attention,
+)
 from densattn.attention.density import (
     PRESETS,
     DensityAdaptiveAttention,
@@ -8,12 +16,23 @@ from densattn.attention.density import (
     suggest_num_heads,
 )
 from densattn.attention.gqa import GroupedQueryDensityAttention
+from densattn.attention.multilinear import MultiLinearAttention
 
 __all__ = [
     "PRESETS",
+    "BilinearAttention",
+    "BilinearAttentionNetwork",
+    "ClusteredAttention",
     "DensityAdaptiveAttention",
     "DensityBlock",
     "DensityPreset",
     "GroupedQueryDensityAttention",
+    "ImprovedClusteredAttention",
+    "MultiLinearAttention",
+    "bilinear_pool",
+    "cluster_queries",
+    "clustered_attention",
+    "improved_clustered_attention",
+    "joint_pair_softmax",
     "suggest_num_heads",
 ]

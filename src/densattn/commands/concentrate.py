@@ -29,14 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--per-domain-label", type=int, default=defaults.per_domain_label)
     p.add_argument("--prompt-length", type=int, default=defaults.prompt_length)
     p.add_argument("--max-length", type=int, default=defaults.max_length, help="text tokens kept per example")
-    p.add_argument(
-        "--reweight", type=float, default=defaults.reweight, help="lambda_w of the per-example weights"
-    )
+    p.add_argument("--reweight", type=float, default=defaults.reweight, help="lambda_w of the per-example weights")
     p.add_argument("--strength-weight", type=float, default=defaults.strength_weight, help="lambda_s")
     p.add_argument("--fluctuation-weight", type=float, default=defaults.fluctuation_weight, help="lambda_f")
-    p.add_argument(
-        "--beta", type=float, default=defaults.beta, help="score = mean - beta * std (hard prompts)"
-    )
+    p.add_argument("--beta", type=float, default=defaults.beta, help="score = mean - beta * std (hard prompts)")
     p.add_argument("--no-hard-prompts", action="store_true", help="skip the hard-prompt ranking")
     p.add_argument("--output", type=Path, default=None, help="write OUTPUT.json and OUTPUT.md (path stem)")
     p.set_defaults(func=_run)

@@ -1,0 +1,25 @@
+"""``densattn extract``: encode a dataset with a frozen encoder into the feature cache."""
+
+from __future__ import annotations
+
+from densattn.commands._common import add_data_arguments, load_features
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "extract",
+        help="encode a dataset into the feature cache",
+        description="Encode a dataset with a frozen encoder (pooled per layer) and cache it.",
+    )
+    add_data_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    features, info, _ = load_features(args)
+    m = features.manifest
+    print(
+        f"{m['dataset']}: {len(features)} examples x {features.num_layers} layers x {features.dim} "
+        f"({info['name']}); classes {features.classes}"
+    )
+    return 0

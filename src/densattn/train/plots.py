@@ -1,0 +1,60 @@
+"""Plots of a run: training curves and the confusion matrix (matplotlib, Agg backend, written atomically)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def save_figure(fig, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_curves(histories: list[list[dict]], path: Path, *, title: str = "training curves") -> None:
+    """Training loss and validation accuracy per epoch, one line per fold."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for k, hist in enumerate(histories):
+        epochs = [h["epoch"] for h in hist]
+        ax1.plot(epochs, [h["train_loss"] for h in hist], label=f"fold {k}")
+        ax2.plot(epochs, [h["val_accuracy"] for h in hist], label=f"fold {k}")
+    ax1.set(xlabel="epoch", ylabel="training loss", title="loss")
+    ax2.set(xlabel="epoch", ylabel="validation accuracy", title="validation")
+    ax2.legend(fontsize=7)
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path, *, title: str = "confusion matrix") -> None:
+    """Row-normalised confusion matrix with counts."""
+    matrix = np.asarray(matrix)
+    norm = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    size = max(3.5, 0.55 * len(classes) + 1.5)
+    fig, ax = plt.subplots(figsize=(size, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(classes)), classes, fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            ax.text(
+                j,
+                i,
+                str(matrix[i, j]),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if norm[i, j] > 0.5 else "black",
+            )
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    save_figure(fig, path)

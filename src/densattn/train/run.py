@@ -1,0 +1,233 @@
+"""One experiment on cached features: folds, training, metrics and the files of a run directory.
+
+A run directory holds ``config.json`` (resolved), ``metrics.json`` / ``metrics.csv``, the adapter of the first
+fold's best-validation model (``adapter_model.safetensors`` + ``adapter_config.json``), per-fold checkpoints
+(``folds/K/best.safetensors``, ``last.safetensors``, ``state.pt`` for ``--resume``), ``curves.png`` and
+``confusion.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from densattn.adapter import DensityAdapterModel
+from densattn.data.cache import FeatureSet, atomic_save_file, atomic_write_text
+from densattn.heads import count_parameters
+from densattn.train.loop import TrainConfig, predict_logits, train_model
+from densattn.train.metrics import classification_metrics
+from densattn.train.splits import carve_validation, fold_splits
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def run_experiment(
+    features: FeatureSet,
+    *,
+    head: str,
+    out: str | Path,
+    head_options: dict[str, Any] | None = None,
+    train_config: TrainConfig | None = None,
+    folds: int | str = 5,
+    resume: bool = False,
+    progress: bool = False,
+    encoder_info: dict[str, Any] | None = None,
+    extra_config: dict[str, Any] | None = None,
+    plots: bool = True,
+    stop_after: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """Train ``head`` on every fold of ``features`` and write the run directory ``out``.
+
+    Args:
+        features: cached features (``FeatureSet``).
+        head: ``daam``, ``gqdaam``, ``mha``, ``mha_bn``, ``conv``, ``pool`` or ``linear``.
+        out: run directory; must be new or empty unless ``resume``.
+        head_options: options of the head (e.g. ``preset``, ``num_heads``).
+        train_config: optimisation settings.
+        folds: k for stratified k-fold, 1 for one 80/20 split, or ``"logo"`` for leave-one-group-out.
+        resume: continue an interrupted run in ``out`` (finished folds are kept, the current one continues).
+        stop_after: ``(fold, epochs)`` to stop early, for tests of resume.
+
+    Returns:
+        The metrics dict written to ``metrics.json``.
+    """
+    cfg = train_config or TrainConfig()
+    head_options = dict(head_options or {})
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise ValueError(f"run directory {out} is not empty; pass --resume to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    logo = folds == "logo"
+    splits = fold_splits(
+        features.labels.numpy(),
+        folds=1 if logo else int(folds),
+        seed=cfg.seed,
+        groups=features.groups,
+        leave_one_group_out=logo,
+    )
+    config = {
+        "head": head,
+        "head_options": head_options,
+        "train": cfg.to_dict(),
+        "folds": folds,
+        "num_examples": len(features),
+        "num_layers": features.num_layers,
+        "dim": features.dim,
+        "classes": features.classes,
+        "encoder": encoder_info or {},
+        "feature_cache": {k: features.manifest.get(k) for k in ("dataset", "dataset_fingerprint", "dtype")},
+        **(extra_config or {}),
+    }
+    config_path = out / "config.json"
+    if resume and config_path.exists():
+        previous = json.loads(config_path.read_text())
+        if json.dumps(previous, sort_keys=True, default=_json_default) != json.dumps(
+            config, sort_keys=True, default=_json_default
+        ):
+            raise ValueError(f"--resume: {out} was started with a different configuration; use a new --out")
+    atomic_write_text(config_path, json.dumps(config, indent=2, default=_json_default))
+    x, y = features.features, features.labels
+    num_classes = len(features.classes)
+    fold_results = []
+    adapter = None
+    for k, (train_idx, test_idx) in enumerate(splits):
+        fold_dir = out / "folds" / str(k)
+        result_path = fold_dir / "result.json"
+        if resume and result_path.exists():
+            fold_results.append(json.loads(result_path.read_text()))
+            continue
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        tr, va = carve_validation(train_idx, y.numpy(), fraction=cfg.val_fraction, seed=cfg.seed + k)
+        torch.manual_seed(cfg.seed + k)  # the head's initialisation is part of the seeded run
+        model = DensityAdapterModel(
+            head,
+            num_layers=features.num_layers,
+            dim=features.dim,
+            classes=features.classes,
+            head_options=head_options,
+            encoder=encoder_info,
+        )
+        model.head.set_input_stats(x[tr])
+        fold_cfg = TrainConfig(**{**cfg.to_dict(), "seed": cfg.seed + k})
+        t0 = time.perf_counter()
+        stop = stop_after[1] if stop_after is not None and stop_after[0] == k else None
+        outcome = train_model(
+            model.head,
+            x[tr],
+            y[tr],
+            x[va],
+            y[va],
+            fold_cfg,
+            state_path=fold_dir / "state.pt",
+            resume=resume,
+            progress=progress,
+            stop_after_epochs=stop,
+        )
+        if outcome.get("interrupted"):
+            return {"interrupted": True, "fold": k}
+        seconds = time.perf_counter() - t0
+        logits = predict_logits(model.head, x[test_idx])
+        metrics = classification_metrics(y[test_idx].numpy(), logits.argmax(-1).numpy(), num_classes)
+        epochs_run = len(outcome["history"])
+        result = {
+            "fold": k,
+            **metrics,
+            "best_epoch": outcome["best_epoch"],
+            "best_val_accuracy": outcome["best_val_accuracy"],
+            "epochs_run": epochs_run,
+            "train_seconds": seconds,
+            "seconds_per_epoch": seconds / max(epochs_run, 1),
+            "selected_layer": outcome["selected_layer"],
+            "history": outcome["history"],
+            "num_train": len(tr),
+            "num_val": len(va),
+            "num_test": len(test_idx),
+            **count_parameters(model.head),
+        }
+        if outcome["selected_layer"] is not None:
+            model.head_options["layer"] = outcome["selected_layer"]
+        atomic_save_file(_clean(outcome["best_state"]), fold_dir / "best.safetensors")
+        atomic_save_file(_clean(outcome["last_state"]), fold_dir / "last.safetensors")
+        model.save_pretrained(fold_dir / "adapter")
+        atomic_write_text(result_path, json.dumps(result, default=_json_default))
+        (fold_dir / "state.pt").unlink(missing_ok=True)
+        fold_results.append(result)
+        if k == 0:
+            adapter = model
+    if adapter is None:
+        adapter = DensityAdapterModel.from_pretrained(out / "folds" / "0" / "adapter", is_trainable=False)
+    adapter.save_pretrained(out)
+    metrics = summarize(fold_results, features.classes)
+    metrics["head"] = head
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=_json_default))
+    atomic_write_text(out / "metrics.csv", _metrics_csv(fold_results))
+    if plots:
+        from densattn.train.plots import plot_confusion, plot_curves
+
+        plot_curves([r["history"] for r in fold_results], out / "curves.png", title=f"{head}: training curves")
+        plot_confusion(
+            np.array(metrics["confusion_matrix"]),
+            features.classes,
+            out / "confusion.png",
+            title=f"{head}: confusion (all folds)",
+        )
+    return metrics
+
+
+def _clean(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def summarize(fold_results: list[dict[str, Any]], classes: list[str]) -> dict[str, Any]:
+    """Mean ± std over folds, per-class F1 and the summed confusion matrix."""
+    acc = np.array([r["accuracy"] for r in fold_results])
+    f1 = np.array([r["macro_f1"] for r in fold_results])
+    per_class = np.array([r["per_class_f1"] for r in fold_results])
+    ddof = 1 if len(acc) > 1 else 0
+    return {
+        "accuracy_mean": float(acc.mean()),
+        "accuracy_std": float(acc.std(ddof=ddof)),
+        "macro_f1_mean": float(f1.mean()),
+        "macro_f1_std": float(f1.std(ddof=ddof)),
+        "per_class_f1_mean": dict(zip(classes, per_class.mean(0).tolist())),
+        "confusion_matrix": np.sum([r["confusion_matrix"] for r in fold_results], axis=0).tolist(),
+        "trainable_params": fold_results[0]["trainable_params"],
+        "trainable_params_without_classifier": fold_results[0]["trainable_params_without_classifier"],
+        "seconds_per_epoch": float(np.mean([r["seconds_per_epoch"] for r in fold_results])),
+        "num_folds": len(fold_results),
+        "classes": classes,
+        "folds": [{k: v for k, v in r.items() if k != "history"} for r in fold_results],
+    }
+
+
+def _metrics_csv(fold_results: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["fold", "accuracy", "macro_f1", "best_epoch", "epochs_run", "seconds_per_epoch"])
+    for r in fold_results:
+        writer.writerow(
+            [
+                r["fold"],
+                f"{r['accuracy']:.6f}",
+                f"{r['macro_f1']:.6f}",
+                r["best_epoch"],
+                r["epochs_run"],
+                f"{r['seconds_per_epoch']:.4f}",
+            ]
+        )
+    return buf.getvalue()
