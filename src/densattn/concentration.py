@@ -134,8 +134,7 @@ def concentration_strength(
     rows = torch.stack([_query_rows(a, query_index) for a in maps], dim=0)  # (L, B, H, N)
     if prompt_mask.shape[-1] != rows.shape[-1]:
         raise ValueError(
-            f"prompt_mask: last size {prompt_mask.shape[-1]} does not match the "
-            f"{rows.shape[-1]} key positions"
+            f"prompt_mask: last size {prompt_mask.shape[-1]} does not match the {rows.shape[-1]} key positions"
         )
     mask = prompt_mask.to(rows.dtype)
     mask = mask[:, None, :] if mask.dim() == 2 else mask  # (B, 1, N) or (N,)
@@ -217,9 +216,7 @@ class QueryAttentionRecorder:
         [(1, 2, 4), (1, 2, 4)]
     """
 
-    def __init__(
-        self, model: nn.Module, *, query_index: int = 0, layers: Sequence[int] | None = None
-    ) -> None:
+    def __init__(self, model: nn.Module, *, query_index: int = 0, layers: Sequence[int] | None = None) -> None:
         modules = _self_attention_modules(model)
         if not modules:
             raise ValueError(
@@ -282,9 +279,7 @@ def encode_with_hard_prompt(
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     if not prompt_ids:
         raise ValueError(f"prompt: {prompt!r} has no tokens; pass a non-empty prompt")
-    text_ids = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_length)[
-        "input_ids"
-    ]
+    text_ids = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
     rows = [[tokenizer.cls_token_id, *prompt_ids, *ids, tokenizer.sep_token_id] for ids in text_ids]
     length = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), length), tokenizer.pad_token_id, dtype=torch.long)

@@ -85,9 +85,7 @@ class SoftPromptClassifier(nn.Module):
         num_layers = encoder.config.num_hidden_layers
         hidden = encoder.config.hidden_size
         self.concentration_layers = (
-            list(range(num_layers // 2, num_layers))
-            if concentration_layers is None
-            else list(concentration_layers)
+            list(range(num_layers // 2, num_layers)) if concentration_layers is None else list(concentration_layers)
         )
         self.prompt_length = prompt_length
         word = encoder.get_input_embeddings().weight
@@ -132,13 +130,9 @@ class SoftPromptClassifier(nn.Module):
             return self.classifier(hidden[:, 0])
         if self.prompt_length == 0:
             raise ValueError("need_strength: a model with prompt_length=0 has no prompt to concentrate on")
-        with QueryAttentionRecorder(
-            self.encoder, query_index=0, layers=self.concentration_layers
-        ) as recorder:
+        with QueryAttentionRecorder(self.encoder, query_index=0, layers=self.concentration_layers) as recorder:
             hidden = self.encoder(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-        strength = concentration_strength(
-            recorder.rows, 0, self.prompt_mask(embeds.shape[1], device=embeds.device)
-        )
+        strength = concentration_strength(recorder.rows, 0, self.prompt_mask(embeds.shape[1], device=embeds.device))
         return self.classifier(hidden[:, 0]), strength
 
 
