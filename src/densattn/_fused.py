@@ -26,11 +26,14 @@ class Unsafe(Exception):
 class _DensityProduct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, prec, center, resid, dim: int, softmax: bool, eps: float, correction: int):
-        var, mu = torch.var_mean(x, dim, correction=correction, keepdim=True)
+        # (torch.var_mean is ~50x slower than this on CPU when dim is not the innermost axis)
+        mu = x.mean(dim, keepdim=True)
+        d = x - mu
+        var = (d * d).sum(dim, keepdim=True).div_(x.shape[dim] - correction)
         if not bool(torch.isfinite(var).all()) or (eps < 1e-20 and bool((var < 1e-30).any())):
             raise Unsafe
         r = (var + eps).rsqrt_()
-        u = (x - (mu + center)).mul_(r)  # standardised distance to the product's centre
+        u = d.sub_(center).mul_(r)  # standardised distance to the product's centre
         logits = torch.addcmul(resid * r.square() * -0.5, u, u * (prec * -0.5)).clamp_min_(-1e30)
         a = torch.softmax(logits, dim) if softmax else logits.exp_()
         ctx.save_for_backward(x, r, u, a, prec, center, resid)

@@ -17,6 +17,14 @@ from densattn.attention.density import (
 )
 from densattn.attention.gqa import GroupedQueryDensityAttention
 from densattn.attention.multilinear import MultiLinearAttention
+from densattn.attention.quaternion import (
+    QuaternionFeedForward,
+    QuaternionSelfAttention,
+    QuaternionTransformerEncoderLayer,
+    hamilton_attention,
+    shared_score_attention,
+)
+from densattn.attention.quaternion_linear import QuaternionLinear, QuaternionRMSNorm, hamilton_matrix
 
 __all__ = [
     "PRESETS",
@@ -29,6 +37,14 @@ __all__ = [
     "GroupedQueryDensityAttention",
     "ImprovedClusteredAttention",
     "MultiLinearAttention",
+    "QuaternionFeedForward",
+    "QuaternionLinear",
+    "QuaternionRMSNorm",
+    "QuaternionSelfAttention",
+    "QuaternionTransformerEncoderLayer",
+    "hamilton_attention",
+    "hamilton_matrix",
+    "shared_score_attention",
     "bilinear_pool",
     "cluster_queries",
     "clustered_attention",
