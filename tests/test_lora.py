@@ -1,0 +1,260 @@
+"""LoRA / LoRA+ baselines: parameter counts against the analytic formula, what one optimiser step changes, pooling
+at initialisation, save/reload, and a whole run on a tiny randomly initialised BERT."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig, BertModel, BertTokenizerFast
+
+from densattn.encoders import get_encoder
+from densattn.lora import lora_param_groups, run_lora_experiment
+from densattn.lora_model import LoraClassifier, head_parameter_accounting, parameter_accounting
+from densattn.train.loop import TrainConfig
+from densattn.train.splits import fold_splits
+
+WORDS = "the a cat dog sat ran on mat fast slow ball game vote law code bug".split()
+TEXTS = [
+    "the cat sat on the mat",
+    "a dog ran fast",
+    "vote law",
+    "code bug bug code",
+    "the ball game",
+    "slow cat",
+    "the law",
+    "a bug",
+] * 3
+LABELS = [0, 1, 2, 3] * 6
+HIDDEN, LAYERS = 32, 2
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models are far slower on oversubscribed threads
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_path(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=5 + len(WORDS),
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tiny_bert_path):
+    return get_encoder(tiny_bert_path, max_length=16)
+
+
+def _classifier(encoder, path, rank=4, **kw):
+    torch.manual_seed(1)
+    return LoraClassifier(
+        encoder, ["w", "x", "y", "z"], rank=rank, alpha=8, encoder_info={"name": path, "options": {}}, **kw
+    )
+
+
+@pytest.mark.parametrize("rank", [1, 4])
+def test_trainable_count_tiny_bert(tiny_bert, tiny_bert_path, rank):
+    model = _classifier(tiny_bert, tiny_bert_path, rank=rank)
+    # query and value are Linear(32, 32) in each of the 2 layers: r (in + out) each; classifier 32 x 4 + 4
+    lora = LAYERS * 2 * rank * (HIDDEN + HIDDEN)
+    counts = parameter_accounting(model)
+    assert counts["trainable_params_without_classifier"] == lora
+    assert counts["trainable_params"] == lora + HIDDEN * 4 + 4
+    assert counts["frozen_params"] == sum(p.numel() for p in tiny_bert.raw_model().parameters())
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == counts["trainable_params"]
+
+
+def test_bundled_encoder_counts():
+    r = 8
+    minilm = LoraClassifier(get_encoder("minilm", max_length=16), ["a", "b"], rank=r)
+    assert parameter_accounting(minilm)["trainable_params_without_classifier"] == 6 * 2 * r * (384 + 384)
+    assert parameter_accounting(minilm)["trainable_params"] == 6 * 2 * r * 768 + 384 * 2 + 2
+    whisper = LoraClassifier(get_encoder("whisper-tiny", window_seconds=1), ["a", "b", "c"], rank=r)
+    assert parameter_accounting(whisper)["trainable_params_without_classifier"] == 4 * 2 * r * (384 + 384)
+    effnet = get_encoder("efficientnet-lite0", image_size=32)
+    model = LoraClassifier(effnet, ["a", "b"], rank=r)
+    # (repeats, kernel, stride, expand, in, out): 1x1 expand Conv2d(in, in e) and project Conv2d(in e, out)
+    stages = [(1, 1, 32, 16), (2, 6, 16, 24), (2, 6, 24, 40), (3, 6, 40, 80), (3, 6, 80, 112)]
+    stages += [(4, 6, 112, 192), (1, 6, 192, 320)]
+    expected = 0
+    for repeats, e, cin, cout in stages:
+        for i in range(repeats):
+            c = cin if i == 0 else cout
+            expected += (r * c + r * c * e if e != 1 else 0) + r * c * e + r * cout
+    assert parameter_accounting(model)["trainable_params_without_classifier"] == expected
+    assert parameter_accounting(model)["trainable_params"] == expected + 320 * 2 + 2
+    from peft.tuners.lora.layer import Conv2d as LoraConv2d
+
+    wrapped = [m for n, m in model.backbone.named_modules() if n.endswith(("_project_conv", "_expand_conv"))]
+    assert len(wrapped) == 16 + 15 and all(isinstance(m, LoraConv2d) for m in wrapped)
+
+
+def test_pooled_at_init_equals_frozen_last_layer(tiny_bert, tiny_bert_path):
+    model = _classifier(tiny_bert, tiny_bert_path).eval()
+    with torch.no_grad():
+        pooled = model.pooled(model.prepare(TEXTS[:5]))
+    # LoRA's B starts at zero: the adapted encoder is the frozen one
+    torch.testing.assert_close(pooled, tiny_bert.encode(TEXTS[:5])[:, -1])
+
+
+def _snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}, {
+        n: b.detach().clone() for n, b in model.named_buffers()
+    }
+
+
+def _step(model, optimizer, texts, labels):
+    model.train()
+    loss = torch.nn.functional.cross_entropy(model(model.prepare(texts)), torch.tensor(labels))
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+def test_one_step_changes_classifier_and_lora_only(tiny_bert, tiny_bert_path):
+    model = _classifier(tiny_bert, tiny_bert_path)
+    optimizer = torch.optim.AdamW(lora_param_groups(model, lr=1e-2, weight_decay=0.0))
+    before, buffers = _snapshot(model)
+    _step(model, optimizer, TEXTS[:8], LABELS[:8])
+    after, buffers_after = _snapshot(model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("lora_A" in n for n in trainable) and any("lora_B" in n for n in trainable)
+    for name in after:
+        changed = not torch.equal(before[name], after[name])
+        if name.startswith("classifier.") or "lora_B" in name:
+            assert changed, f"{name} did not change"
+        elif "lora_A" in name:
+            # B = 0 at initialisation, so dL/dA = scale * B^T (...) = 0: A moves from the second step on
+            assert not changed, f"{name} changed on the first step although its gradient is zero"
+        else:
+            assert name not in trainable and not changed, f"frozen {name} changed"
+    for name in buffers:
+        assert torch.equal(buffers[name], buffers_after[name]), name
+    _step(model, optimizer, TEXTS[8:16], LABELS[8:16])
+    final, _ = _snapshot(model)
+    for name in final:
+        if "lora_A" in name:
+            assert not torch.equal(after[name], final[name]), f"{name} did not change on step 2"
+        elif name not in trainable:
+            assert torch.equal(before[name], final[name]), f"frozen {name} changed"
+
+
+def test_efficientnet_step_keeps_batchnorm_and_frozen_weights():
+    model = LoraClassifier(get_encoder("efficientnet-lite0", image_size=32), ["a", "b"], rank=2)
+    optimizer = torch.optim.AdamW(lora_param_groups(model, lr=1e-2, weight_decay=0.0))
+    before, buffers = _snapshot(model)
+    images = [np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8) for i in range(4)]
+    model.train()
+    loss = torch.nn.functional.cross_entropy(model(model.prepare(images)), torch.tensor([0, 1, 0, 1]))
+    loss.backward()
+    optimizer.step()
+    after, buffers_after = _snapshot(model)
+    for name, p in model.named_parameters():
+        changed = not torch.equal(before[name], after[name])
+        assert changed == (p.requires_grad and "lora_A" not in name), name
+    for name in buffers:  # BatchNorm running statistics stay frozen (eval mode)
+        assert torch.equal(buffers[name], buffers_after[name]), name
+
+
+def test_loraplus_groups_scale_b_learning_rate(tiny_bert, tiny_bert_path):
+    model = _classifier(tiny_bert, tiny_bert_path)
+    lr, ratio = 1e-3, 16.0
+    groups = lora_param_groups(model, lr=lr, weight_decay=0.0, loraplus_ratio=ratio)
+    rates = {g["name"]: g["lr"] for g in groups}
+    assert rates == {"lora_A": lr, "lora_B": lr * ratio, "classifier": lr}
+    grouped = sum(p.numel() for g in groups for p in g["params"])
+    assert grouped == parameter_accounting(model)["trainable_params"]
+    before, _ = _snapshot(model)
+    _step(model, torch.optim.AdamW(groups), TEXTS[:8], LABELS[:8])
+    after, _ = _snapshot(model)
+    # Adam's first step moves each weight with a non-negligible gradient by about its learning rate
+    for name in after:
+        if "lora_B" in name:
+            delta = (after[name] - before[name]).abs()
+            assert float(delta.median()) == pytest.approx(lr * ratio, rel=0.05)
+        if name == "classifier.weight":
+            assert float((after[name] - before[name]).abs().median()) == pytest.approx(lr, rel=0.05)
+
+
+def test_save_reload_identical_logits(tiny_bert, tiny_bert_path, tmp_path):
+    model = _classifier(tiny_bert, tiny_bert_path)
+    optimizer = torch.optim.AdamW(lora_param_groups(model, lr=1e-2, weight_decay=0.0))
+    for i in range(3):
+        _step(model, optimizer, TEXTS[i * 8 : i * 8 + 8], LABELS[i * 8 : i * 8 + 8])
+    model.set_input_stats(torch.randn(10, HIDDEN))
+    model.save_pretrained(tmp_path)
+    loaded = LoraClassifier.from_pretrained(tmp_path)
+    model.eval()
+    with torch.no_grad():
+        expected = model(model.prepare(TEXTS))
+        got = loaded(loaded.prepare(TEXTS))
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert not any(p.requires_grad for p in loaded.parameters())
+    assert loaded.predict(TEXTS[:2]) == [model.classes[i] for i in expected[:2].argmax(-1).tolist()]
+
+
+def test_target_modules_that_match_nothing(tiny_bert):
+    with pytest.raises(ValueError, match="target_modules"):
+        LoraClassifier(tiny_bert, ["a", "b"], target_modules=["no_such_module"])
+
+
+def test_head_parameter_accounting(tiny_bert):
+    from densattn.heads import build_head
+
+    head = build_head("linear", 3, HIDDEN, 4, layer="last")
+    counts = head_parameter_accounting(tiny_bert, head)
+    assert counts["frozen_params"] == sum(p.numel() for p in tiny_bert.raw_model().parameters())
+    assert counts["trainable_params"] == sum(p.numel() for p in head.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("method", ["lora", "loraplus"])
+def test_run_directory(tiny_bert, tiny_bert_path, tmp_path, method):
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-3, seed=3)
+    out = tmp_path / "run"
+    metrics = run_lora_experiment(
+        tiny_bert,
+        TEXTS,
+        torch.tensor(LABELS),
+        ["w", "x", "y", "z"],
+        out=out,
+        method=method,
+        rank=2,
+        alpha=4,
+        train_config=cfg,
+        folds=2,
+        encoder_info={"name": tiny_bert_path, "options": {}},
+        plots=False,
+    )
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in ("accuracy_mean", "macro_f1_mean", "trainable_params", "trainable_params_without_classifier"):
+        assert saved[key] == metrics[key]
+    assert saved["method"] == method and saved["lora_rank"] == 2 and saved["target_modules"] == ["query", "value"]
+    assert saved["frozen_params"] > 0 and saved["seconds_per_epoch"] > 0
+    assert saved["trainable_params"] == LAYERS * 2 * 2 * (2 * HIDDEN) + HIDDEN * 4 + 4
+    splits = fold_splits(np.array(LABELS), folds=2, seed=3)
+    assert [f["num_test"] for f in saved["folds"]] == [len(te) for _, te in splits]
+    assert (out / "folds" / "1" / "best.safetensors").exists() and (out / "metrics.csv").exists()
+    loaded = LoraClassifier.from_pretrained(out)
+    fold0 = LoraClassifier.from_pretrained(out / "folds" / "0" / "model")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(loaded.prepare(TEXTS)), fold0(fold0.prepare(TEXTS)), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="not empty"):
+        run_lora_experiment(tiny_bert, TEXTS, torch.tensor(LABELS), ["w", "x", "y", "z"], out=out, folds=2)
