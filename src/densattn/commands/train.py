@@ -37,6 +37,27 @@ def add_train_arguments(p) -> None:
     p.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (scaling alpha / r)")
     p.add_argument("--target-modules", default=None, help="comma-separated module names (default per encoder)")
     p.add_argument("--loraplus-ratio", type=float, default=16.0, help="LoRA+: lr of B = ratio x lr of A")
+    # Fusion of several encoders' features of the same examples (densattn.fusion_train)
+    p.add_argument(
+        "--fusion",
+        default=None,
+        choices=("concat", "ban", "man"),
+        help="fuse --encoder's features with every --fusion-encoder's (same --data) through a fusion head",
+    )
+    p.add_argument(
+        "--fusion-encoder",
+        action="append",
+        default=[],
+        metavar="ENC",
+        help="an additional encoder whose features are fused with --encoder's (repeatable; needs --fusion)",
+    )
+    p.add_argument(
+        "--fusion-encoder-option",
+        action="append",
+        default=[],
+        metavar="[I:]KEY=VALUE",
+        help="option of the fusion encoders (all of them, or the I-th --fusion-encoder, 1-based; repeatable)",
+    )
 
 
 def register(subparsers) -> None:
@@ -75,6 +96,10 @@ def head_options_from_args(args) -> dict:
 
 
 def run(args) -> int:
+    if args.fusion:
+        from densattn.fusion_train import train_fusion_from_args
+
+        return train_fusion_from_args(args)
     from densattn.train import TrainConfig, run_experiment
 
     folds = parse_folds(args.folds)
