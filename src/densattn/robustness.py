@@ -218,23 +218,19 @@ def robustness_markdown(result: dict[str, Any]) -> str:
     lines = [
         f"Data `{result['data']}` (max_samples {result['max_samples']}), test splits of folds {result['folds']} "
         f"({result['num_test_examples']} examples), shift seed {result['shift_seed']}. Accuracy mean ± std over "
-        "folds; drop = clean − shifted (percentage points).",
+        "folds; in brackets the change from clean (percentage points).",
         "",
-        "| method | " + " | ".join(conds) + " |",
-        "|---|" + "---|" * len(conds),
+        "| condition | " + " | ".join(result["methods"]) + " |",
+        "|---|" + "---|" * len(result["methods"]),
     ]
-    for name, per in result["methods"].items():
+    for c in conds:
         cells = []
-        for c in conds:
+        for per in result["methods"].values():
             cell = f"{per[c]['accuracy_mean']:.3f} ± {per[c]['accuracy_std']:.3f}"
             if c != "clean":
-                cell += (
-                    f" (−{100 * per[c]['drop_mean']:.1f})"
-                    if per[c]["drop_mean"] >= 0
-                    else (f" (+{-100 * per[c]['drop_mean']:.1f})")
-                )
+                cell += f" ({-100 * per[c]['drop_mean']:+.1f})"
             cells.append(cell)
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
     if result["paired"]:
         others = [m for m in result["methods"] if m != "daam"]
         lines += [
