@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from densattn.commands._common import add_data_arguments, load_features, show_progress
+from densattn.commands._common import add_data_arguments, load_features, parse_options, show_progress
 from densattn.heads import HEAD_TYPES
 
 
@@ -96,6 +96,8 @@ def head_options_from_args(args) -> dict:
 
 
 def run(args) -> int:
+    if args.fusion_encoder and not args.fusion:
+        raise ValueError("--fusion-encoder needs --fusion concat|ban|man (how to fuse the encoders' features)")
     if args.fusion:
         from densattn.fusion_train import train_fusion_from_args
 
@@ -127,7 +129,12 @@ def run(args) -> int:
         resume=args.resume,
         progress=show_progress(),
         encoder_info=info,
-        extra_config={"data": args.data, "max_samples": args.max_samples, "method": "head"},
+        extra_config={
+            "data": args.data,
+            "data_options": parse_options(args.data_option, "--data-option"),
+            "max_samples": args.max_samples,
+            "method": "head",
+        },
     )
     print(
         f"{args.head}: accuracy {metrics['accuracy_mean']:.3f} ± {metrics['accuracy_std']:.3f}, "
