@@ -102,3 +102,15 @@ def test_robustness_command_writes_table_and_plot(runs, tmp_path):
     assert "casing=0.5" in (dest / "robustness.md").read_text()
     assert main(["robustness", str(out["daam"]), "--shift", "blur", "--out", str(dest)]) == 2  # image shift on text
     assert main(["robustness", str(out["daam"]), "--shift", "casing", "--folds", "7", "--out", str(dest)]) == 2
+
+
+def test_robustness_refuses_lora_runs(runs, tmp_path):
+    import shutil
+
+    out, cache = runs
+    lora = tmp_path / "lora"
+    shutil.copytree(out["linear"], lora)
+    config = json.loads((lora / "config.json").read_text())
+    (lora / "config.json").write_text(json.dumps({**config, "method": "lora"}))
+    with pytest.raises(ValueError, match="lora run"):
+        evaluate_robustness([str(lora)], ["casing=1"], cache_dir=cache)

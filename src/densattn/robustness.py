@@ -102,6 +102,12 @@ def evaluate_robustness(
     from densattn.train.metrics import classification_metrics
 
     loaded = load_runs(runs, names)
+    for name, r in loaded.items():
+        if r["config"].get("method", "head") not in (None, "head"):
+            raise ValueError(
+                f"{name!r} ({r['run']}) is a {r['config']['method']} run; robustness evaluates heads on cached "
+                "features (densattn train --method head) only"
+            )
     first = next(iter(loaded.values()))["config"]
     dataset = _load_dataset(first)
     shift_list = [s for s in shifts if isinstance(s, Shift)] + parse_shifts(
@@ -150,6 +156,8 @@ def evaluate_robustness(
         recorded = {int(f.get("fold", i)): f for i, f in enumerate(r["metrics"].get("folds", []))}
         for k in fold_ids:
             adapter_dir = Path(r["run"]) / "folds" / str(k) / "adapter"
+            if not adapter_dir.exists():
+                raise FileNotFoundError(f"{adapter_dir} is missing; was fold {k} of {r['run']} finished?")
             model = DensityAdapterModel.from_pretrained(adapter_dir)
             test_idx = splits[k][1]
             if k in recorded and recorded[k].get("num_test") not in (None, len(test_idx)):
