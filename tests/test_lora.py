@@ -258,3 +258,22 @@ def test_run_directory(tiny_bert, tiny_bert_path, tmp_path, method):
         torch.testing.assert_close(loaded(loaded.prepare(TEXTS)), fold0(fold0.prepare(TEXTS)), rtol=0, atol=0)
     with pytest.raises(ValueError, match="not empty"):
         run_lora_experiment(tiny_bert, TEXTS, torch.tensor(LABELS), ["w", "x", "y", "z"], out=out, folds=2)
+
+
+def test_cli_train_lora(tiny_bert_path, tmp_path):
+    from densattn.cli import main
+
+    table = tmp_path / "texts.csv"
+    table.write_text("text,label\n" + "".join(f"{t},{'wxyz'[y]}\n" for t, y in zip(TEXTS, LABELS)))
+    out = tmp_path / "run"
+    argv = ["train", "--method", "loraplus", "--encoder", tiny_bert_path, "--data", f"csv:{table}"]
+    argv += ["--folds", "2", "--epochs", "1", "--batch-size", "8", "--rank", "2", "--alpha", "4"]
+    argv += ["--target-modules", "query,key,value", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    assert main(argv) == 0
+    config = json.loads((out / "config.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert config["method"] == "loraplus" and config["loraplus_ratio"] == 16.0
+    assert config["feature_cache"]["dataset_fingerprint"]
+    assert metrics["target_modules"] == ["query", "key", "value"]
+    assert metrics["trainable_params_without_classifier"] == LAYERS * 3 * 2 * (2 * HIDDEN)
+    assert main(argv + ["--resume"]) == 0  # finished folds are kept

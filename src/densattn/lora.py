@@ -363,7 +363,12 @@ def train_lora_from_args(args) -> int:
         resume=args.resume,
         progress=show_progress(),
         encoder_info={"name": str(args.encoder), "options": enc_opts, **encoder.identity()},
-        extra_config={"data": args.data, "max_samples": args.max_samples, "num_threads": torch.get_num_threads()},
+        extra_config={
+            "data": args.data,
+            "max_samples": args.max_samples,
+            "num_threads": torch.get_num_threads(),
+            "feature_cache": {k: features.manifest.get(k) for k in ("dataset", "dataset_fingerprint", "dtype")},
+        },
     )
     print(
         f"{args.method} r={args.rank}: accuracy {metrics['accuracy_mean']:.3f} ± {metrics['accuracy_std']:.3f}, "
