@@ -62,6 +62,9 @@ def test_run_writes_outputs_and_adapter_round_trip(text_features, tmp_path):
     fold = metrics["folds"][0]
     assert {"accuracy", "macro_f1", "per_class_f1", "confusion_matrix"} <= set(fold)
     assert metrics["accuracy_mean"] > 0.3
+    learned = metrics["daam_parameters"]
+    assert len(learned["per_fold_summary"]) == 2 and learned["fold0"]["modules"][0]["preset"] == "paper"
+    assert (tmp_path / "run" / "daam_parameters.png").exists()
     model = DensityAdapterModel.from_pretrained(tmp_path / "run")
     again = DensityAdapterModel.from_pretrained(tmp_path / "run")
     x = text_features.features[:16]

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from densattn.adapter import DensityAdapterModel
+from densattn.daam_report import daam_parameter_report, plot_daam_parameters
 from densattn.data.cache import FeatureSet, atomic_save_file, atomic_write_text
 from densattn.heads import count_parameters
 from densattn.train.loop import TrainConfig, predict_logits, train_model
@@ -123,6 +124,7 @@ def run_experiment(
             encoder=encoder_info,
         )
         model.head.set_input_stats(x[tr])
+        initial_state = {name: t.detach().clone() for name, t in model.head.state_dict().items()}
         fold_cfg = TrainConfig(**{**cfg.to_dict(), "seed": cfg.seed + k})
         t0 = time.perf_counter()
         stop = stop_after[1] if stop_after is not None and stop_after[0] == k else None
@@ -159,6 +161,9 @@ def run_experiment(
             "num_test": len(test_idx),
             **count_parameters(model.head),
         }
+        report = daam_parameter_report(model.head, initial_state)
+        if report["modules"]:  # what DAAM learned: offsets/spreads and how far they moved from init
+            result["daam_parameters"] = report
         if outcome["selected_layer"] is not None:
             model.head_options["layer"] = outcome["selected_layer"]
         atomic_save_file(_clean(outcome["best_state"]), fold_dir / "best.safetensors")
@@ -174,12 +179,20 @@ def run_experiment(
     adapter.save_pretrained(out)
     metrics = summarize(fold_results, features.classes)
     metrics["head"] = head
+    daam_reports = [r["daam_parameters"] for r in fold_results if "daam_parameters" in r]
+    if daam_reports:
+        metrics["daam_parameters"] = {
+            "per_fold_summary": [r["summary"] for r in daam_reports],
+            "fold0": daam_reports[0],
+        }
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=_json_default))
     atomic_write_text(out / "metrics.csv", _metrics_csv(fold_results))
     if plots:
         from densattn.train.plots import plot_confusion, plot_curves
 
         plot_curves([r["history"] for r in fold_results], out / "curves.png", title=f"{head}: training curves")
+        if daam_reports:
+            plot_daam_parameters(daam_reports[0], out / "daam_parameters.png", title=f"{head}: learned DAAM (fold 0)")
         plot_confusion(
             np.array(metrics["confusion_matrix"]),
             features.classes,
@@ -211,7 +224,7 @@ def summarize(fold_results: list[dict[str, Any]], classes: list[str]) -> dict[st
         "seconds_per_epoch": float(np.mean([r["seconds_per_epoch"] for r in fold_results])),
         "num_folds": len(fold_results),
         "classes": classes,
-        "folds": [{k: v for k, v in r.items() if k != "history"} for r in fold_results],
+        "folds": [{k: v for k, v in r.items() if k not in ("history", "daam_parameters")} for r in fold_results],
     }
 
 
