@@ -52,10 +52,45 @@ def learned_parameters(run: Path) -> dict:
     }
 
 
+def replicate(root: Path) -> None:
+    """daam vs conv on a second seed: does the first seed's verdict hold?"""
+    lines = [
+        "daam − conv on a second seed (its own stratified subsample and folds), Nadeau–Bengio corrected 95% CI.",
+        "",
+        "| modality | seed | metric | daam | conv | daam − conv | 95% CI | p |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rows = []
+    for modality in ("text", "vision", "speech"):
+        runs = [root / modality / m for m in ("daam", "conv")]
+        if not all((r / "metrics.json").exists() for r in runs):
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            result = compare([str(r) for r in runs], tmp)
+        seed = json.loads((runs[0] / "config.json").read_text())["train"]["seed"]
+        for r in result["paired"]:
+            star = " ✱" if r["significant"] else ""
+            lines.append(
+                f"| {modality} | {seed} | {r['metric']} | {r['reference_mean']:.4f} | {r['method_mean']:.4f} | "
+                f"{r['mean_difference']:+.4f}{star} | [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | {r['p_value']:.3f} |"
+            )
+            rows.append({"modality": modality, "seed": seed, **r})
+    (RESULTS / "ablation_replicate.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "ablation_replicate.json").write_text(json.dumps(rows, indent=1))
+    print("\n".join(lines))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", type=Path, required=True, help="folder with <modality>/<method> run directories")
     p.add_argument("--robustness", type=Path, default=None, help="folder with <modality>/robustness.* outputs")
+    p.add_argument(
+        "--replicate",
+        type=Path,
+        default=None,
+        help="folder with <modality>/{daam,conv} runs of another seed (other subsample and folds): writes "
+        "ablation_replicate.{md,json}",
+    )
     args = p.parse_args()
     RESULTS.mkdir(exist_ok=True)
     for modality in ("text", "vision", "speech"):
@@ -77,6 +112,8 @@ def main() -> None:
         (RESULTS / f"ablation_{modality}.md").write_text(md)
         (RESULTS / f"ablation_{modality}.json").write_text(json.dumps(payload, indent=1))
         print(md)
+    if args.replicate:
+        replicate(args.replicate)
     if args.robustness:
         for modality in ("speech", "vision", "text"):
             src = args.robustness / modality
