@@ -80,6 +80,45 @@ def _train_job(features, method: str, out: str, train_cfg: dict, folds: int, enc
     return method, metrics, time.perf_counter() - t0
 
 
+def _lora_job(modality: str, out: str, train_cfg: dict, folds: int, seed: int, max_samples: int, cache_dir, extra):
+    """LoRA r=8 (alpha 16) fine-tuning of the modality's encoder end to end, on the same examples and folds."""
+    import torch
+
+    from densattn.data import load_dataset
+    from densattn.data.cache import cached_features
+    from densattn.encoders import get_encoder
+    from densattn.lora import run_lora_experiment
+    from densattn.train import TrainConfig
+
+    torch.set_num_threads(1)
+    spec = MODALITIES[modality]
+    dataset = load_dataset(spec.data, max_samples=max_samples, seed=seed, **spec.data_options)
+    encoder = get_encoder(spec.encoder, **spec.encoder_options)
+    features = cached_features(encoder, dataset, cache_dir=cache_dir, progress=False)
+    items = [dataset.load(i) for i in range(len(dataset))]
+    t0 = time.perf_counter()
+    metrics = run_lora_experiment(
+        encoder,
+        items,
+        features.labels,
+        features.classes,
+        out=out,
+        method="lora",
+        rank=8,
+        alpha=16.0,
+        train_config=TrainConfig(**{**train_cfg, **LORA_TRAIN}),
+        folds=folds,
+        pooled_features=features.features[:, -1],
+        encoder_info={"name": spec.encoder, "options": spec.encoder_options, **encoder.identity()},
+        extra_config={**extra, "method": "lora_r8"},
+    )
+    return "lora_r8", metrics, time.perf_counter() - t0
+
+
+#: LoRA runs the whole encoder forward and backward every step: fewer epochs and a smaller learning rate
+LORA_TRAIN = {"epochs": 4, "lr": 5e-4, "batch_size": 32, "early_stopping": 2}
+
+
 def run_demo(
     out: str | Path,
     *,
@@ -91,18 +130,24 @@ def run_demo(
     cache_dir: str | Path | None = None,
     workers: int | None = None,
     sample_scale: float = 1.0,
+    lora_modalities: list[str] | None = None,
+    explain: bool = True,
     log=print,
 ) -> dict[str, Any]:
-    """Run the demo into ``out`` and return the results dict (also written as ``results.json``)."""
+    """Run the demo into ``out`` and return the results dict (also written as ``results.json``).
+
+    ``lora_modalities`` (default ``["text"]``) adds a ``lora_r8`` row (LoRA r=8 through peft, end to end).
+    """
     from densattn.data import load_dataset
     from densattn.data.cache import cached_features
     from densattn.encoders import get_encoder
 
     modalities = modalities or list(MODALITIES)
     methods = methods or list(METHODS)
-    for m in modalities:
+    lora_modalities = ["text"] if lora_modalities is None else lora_modalities
+    for m in [*modalities, *lora_modalities]:
         if m not in MODALITIES:
-            raise ValueError(f"--modalities: unknown modality {m!r}; choose from {list(MODALITIES)}")
+            raise ValueError(f"--modalities/--lora: unknown modality {m!r}; choose from {list(MODALITIES)}")
     for m in methods:
         if m not in METHODS:
             raise ValueError(f"--methods: unknown method {m!r}; choose from {list(METHODS)}")
@@ -134,45 +179,62 @@ def run_demo(
         )
         feature_sets[modality] = (features, info)
         extra = {"data": spec.data, "max_samples": n, "modality": modality}
-        for method in methods:
+        names = list(methods) + (["lora_r8"] if modality in lora_modalities else [])
+        for method in names:
             run_dir = out / modality / method
             if run_dir.exists():
                 shutil.rmtree(run_dir)
             jobs.append((modality, method, str(run_dir), extra))
     t_train = time.perf_counter()
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {
-            pool.submit(
-                _train_job, feature_sets[mod][0], method, run_dir, train_cfg, folds, feature_sets[mod][1], extra
-            ): mod
-            for mod, method, run_dir, extra in jobs
-        }
+        futures = {}
+        for mod, method, run_dir, extra in sorted(jobs, key=lambda job: job[1] != "lora_r8"):  # longest first
+            if method == "lora_r8":
+                future = pool.submit(
+                    _lora_job, mod, run_dir, train_cfg, folds, seed, extra["max_samples"], cache_dir, extra
+                )
+            else:
+                future = pool.submit(
+                    _train_job, feature_sets[mod][0], method, run_dir, train_cfg, folds, feature_sets[mod][1], extra
+                )
+            futures[future] = mod
         for future, modality in futures.items():
             method, metrics, seconds = future.result()
             results.setdefault(modality, {})[method] = _summary(metrics, seconds)
+            timing["train_seconds"][f"{modality}/{method}"] = seconds
             log(
                 f"[{modality}] {method:7s} accuracy {metrics['accuracy_mean']:.3f} ± {metrics['accuracy_std']:.3f} "
                 f"macro-F1 {metrics['macro_f1_mean']:.3f} params {metrics['trainable_params']:,} ({seconds:.0f} s)"
             )
     timing["train_seconds_total"] = time.perf_counter() - t_train
+    paired = {modality: _paired_rows(out / modality, runs) for modality, runs in results.items()}
+    importance: dict[str, Any] = {}
+    if explain:
+        from densattn.explain import explain_run
+
+        for modality, runs in results.items():
+            if "daam" in runs:
+                summary = explain_run(out / modality / "daam", features=feature_sets[modality][0])
+                importance[modality] = {
+                    "layer_ranking": summary["layer_ranking"],
+                    "layer_share": summary["layer_share"],
+                }
+                log(f"[{modality}] Importance Factor, layers highest first: {summary['layer_ranking']}")
     timing["total_seconds"] = time.perf_counter() - start
-    doc = {
-        "results": results,
-        "timing": timing,
-        "settings": {
-            "folds": folds,
-            "epochs": epochs,
-            "seed": seed,
-            "workers": workers,
-            "modalities": {
-                m: MODALITIES[m].__dict__ | {"max_samples": int(MODALITIES[m].max_samples * sample_scale)}
-                for m in modalities
-            },
+    settings = {
+        "folds": folds,
+        "epochs": epochs,
+        "seed": seed,
+        "workers": workers,
+        "lora": {"modalities": lora_modalities, **LORA_TRAIN, "rank": 8, "alpha": 16.0},
+        "modalities": {
+            m: MODALITIES[m].__dict__ | {"max_samples": max(20, int(MODALITIES[m].max_samples * sample_scale))}
+            for m in modalities
         },
     }
-    atomic_write_text(
-        out / "results.json", json.dumps({**results, "_meta": doc["timing"] | doc["settings"]}, indent=2, default=str)
-    )
+    doc = {"results": results, "paired": paired, "importance": importance, "timing": timing, "settings": settings}
+    payload = {**results, "_paired_vs_daam": paired, "_importance": importance, "_meta": timing | settings}
+    atomic_write_text(out / "results.json", json.dumps(payload, indent=2, default=str))
     atomic_write_text(out / "results.md", render_markdown(results, doc))
     log(f"demo finished in {timing['total_seconds']:.0f} s -> {out / 'results.md'}")
     return doc
@@ -196,13 +258,15 @@ def _summary(metrics: dict[str, Any], seconds: float) -> dict[str, Any]:
 
 
 def render_markdown(results: dict[str, Any], doc: dict[str, Any]) -> str:
-    """The demo's table: one section per modality, methods sorted by accuracy."""
-    lines = ["# densattn demo results", ""]
+    """The demo's tables: per modality, methods by accuracy, paired differences vs daam, the IF layer ranking."""
     s = doc["settings"]
-    lines.append(
-        f"{s['folds']}-fold stratified CV (validation carved from each training fold), seed {s['seed']}, "
-        f"at most {s['epochs']} epochs with early stopping. Total {doc['timing']['total_seconds']:.0f} s."
-    )
+    lines = [
+        "# densattn demo results",
+        "",
+        f"{s['folds']}-fold stratified CV (validation carved from each training fold), seed {s['seed']}, at most "
+        f"{s['epochs']} epochs with early stopping (LoRA: {s['lora']['epochs']}). "
+        f"Total {doc['timing']['total_seconds']:.0f} s.",
+    ]
     for modality, methods in results.items():
         spec = s["modalities"][modality]
         lines += [
@@ -218,7 +282,41 @@ def render_markdown(results: dict[str, Any], doc: dict[str, Any]) -> str:
                 f"{r['macro_f1_mean']:.3f} ± {r['macro_f1_std']:.3f} | {r['trainable_params']:,} | "
                 f"{r['trainable_params_without_classifier']:,} | {r['seconds_per_epoch']:.3f} |"
             )
+        pairs = [p for p in doc["paired"].get(modality, []) if p["metric"] == "accuracy"]
+        if pairs:
+            lines += [
+                "",
+                "Paired accuracy differences over folds, daam − method (95 % CI of the corrected resampled t-test; "
+                "**bold**: the interval excludes 0):",
+                "",
+                "| method | daam − method | 95 % CI | p |",
+                "|---|---:|---|---:|",
+            ]
+            for p in pairs:
+                lo, hi = p["ci_low"], p["ci_high"]
+                mark = "**" if lo > 0 or hi < 0 else ""
+                lines.append(
+                    f"| {p['method']} | {mark}{p['mean_difference']:+.3f}{mark} | [{lo:+.3f}, {hi:+.3f}] "
+                    f"| {p['p_value']:.3f} |"
+                )
+        if modality in doc["importance"]:
+            ranking = " ".join(f"L{i}" for i in doc["importance"][modality]["layer_ranking"])
+            lines += [
+                "",
+                f"Importance Factor of the daam head (fold 0, validation split), layers highest first: {ranking} "
+                f"(`{modality}/daam/explain/if_heatmap.png`).",
+            ]
     return "\n".join(lines) + "\n"
+
+
+def _paired_rows(folder: Path, methods: dict[str, Any]) -> list[dict[str, Any]]:
+    """daam vs every other method of one modality, paired over folds (:func:`densattn.stats.compare_runs`)."""
+    from densattn.stats import compare_runs
+
+    if "daam" not in methods:
+        return []
+    runs = {m: json.loads((folder / m / "metrics.json").read_text()) for m in methods}
+    return compare_runs(runs, reference="daam")
 
 
 def _tty() -> bool:
