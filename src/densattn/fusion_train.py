@@ -374,7 +374,7 @@ def train_fusion_from_args(args: argparse.Namespace) -> int:
     """``densattn train --fusion METHOD --encoder A --fusion-encoder B [...]``: fuse the features of ``--encoder``
     and every ``--fusion-encoder`` on the same ``--data`` (same samples and seed) and train a fusion head."""
     from densattn.commands._common import load_features, show_progress
-    from densattn.commands.train import parse_folds
+    from densattn.commands.train import parse_folds, train_config_from_args
 
     extra = list(getattr(args, "fusion_encoder", None) or [])
     if not extra:
@@ -392,15 +392,7 @@ def train_fusion_from_args(args: argparse.Namespace) -> int:
     if args.fusion == "ban" and len(extra) != 1:
         raise ValueError(f"--fusion ban fuses exactly two encoders; got --encoder plus {len(extra)} --fusion-encoder")
     folds = parse_folds(args.folds)
-    config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        loss=args.loss,
-        early_stopping=args.patience,
-        seed=args.seed,
-    )
+    config = train_config_from_args(args)
     options = _fusion_encoder_options(list(getattr(args, "fusion_encoder_option", None) or []), len(extra))
     feature_sets, infos = [], []
     for encoder, encoder_options in [(args.encoder, args.encoder_option), *zip(extra, options)]:

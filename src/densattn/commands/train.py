@@ -26,7 +26,7 @@ def add_train_arguments(p) -> None:
     p.add_argument("--folds", default="5", help="k for stratified k-fold, 1 for one 80/20 split, or logo")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3 for heads, 5e-4 for LoRA)")
     p.add_argument("--weight-decay", type=float, default=1e-2)
     p.add_argument("--loss", default="ce", choices=("ce", "focal"))
     p.add_argument("--patience", type=int, default=8, help="early stopping patience (epochs)")
@@ -95,6 +95,21 @@ def head_options_from_args(args) -> dict:
     return {}
 
 
+def train_config_from_args(args, *, default_lr: float = 1e-3):
+    """The :class:`~densattn.train.TrainConfig` of the training flags (``--lr`` defaults per method)."""
+    from densattn.train import TrainConfig
+
+    return TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr if args.lr is not None else default_lr,
+        weight_decay=args.weight_decay,
+        loss=args.loss,
+        early_stopping=args.patience,
+        seed=args.seed,
+    )
+
+
 def run(args) -> int:
     if args.fusion_encoder and not args.fusion:
         raise ValueError("--fusion-encoder needs --fusion concat|ban|man (how to fuse the encoders' features)")
@@ -102,22 +117,14 @@ def run(args) -> int:
         from densattn.fusion_train import train_fusion_from_args
 
         return train_fusion_from_args(args)
-    from densattn.train import TrainConfig, run_experiment
+    from densattn.train import run_experiment
 
     folds = parse_folds(args.folds)
     if args.method != "head":
         from densattn.lora import train_lora_from_args
 
         return train_lora_from_args(args)
-    config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        loss=args.loss,
-        early_stopping=args.patience,
-        seed=args.seed,
-    )
+    config = train_config_from_args(args)
     features, info, _ = load_features(args)
     metrics = run_experiment(
         features,
