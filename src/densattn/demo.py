@@ -67,8 +67,7 @@ def _train_job(features, method: str, out: str, train_cfg: dict, folds: int, enc
     torch.set_num_threads(1)
     head, options = METHODS[method]
     t0 = time.perf_counter()
-    metrics = run_experiment(
-        features,
+    kwargs = dict(
         head=head,
         out=out,
         head_options=options,
@@ -77,7 +76,19 @@ def _train_job(features, method: str, out: str, train_cfg: dict, folds: int, enc
         encoder_info=encoder_info,
         extra_config={**extra, "method": method},
     )
+    metrics = _resume_or_restart(lambda resume: run_experiment(features, resume=resume, **kwargs), out)
     return method, metrics, time.perf_counter() - t0
+
+
+def _resume_or_restart(run, out: str):
+    """Reuse (or finish) a previous demo run with the same configuration; otherwise start it again."""
+    try:
+        return run(True)
+    except ValueError as err:
+        if "different configuration" not in str(err):
+            raise
+    shutil.rmtree(out)
+    return run(False)
 
 
 def _lora_job(modality: str, out: str, train_cfg: dict, folds: int, seed: int, max_samples: int, cache_dir, extra):
@@ -97,26 +108,30 @@ def _lora_job(modality: str, out: str, train_cfg: dict, folds: int, seed: int, m
     features = cached_features(encoder, dataset, cache_dir=cache_dir, progress=False)
     items = [dataset.load(i) for i in range(len(dataset))]
     t0 = time.perf_counter()
-    metrics = run_lora_experiment(
-        encoder,
-        items,
-        features.labels,
-        features.classes,
-        out=out,
-        method="lora",
-        rank=8,
-        alpha=16.0,
-        train_config=TrainConfig(**{**train_cfg, **LORA_TRAIN}),
-        folds=folds,
-        pooled_features=features.features[:, -1],
-        encoder_info={"name": spec.encoder, "options": spec.encoder_options, **encoder.identity()},
-        extra_config={**extra, "method": "lora_r8"},
+    metrics = _resume_or_restart(
+        lambda resume: run_lora_experiment(
+            encoder,
+            items,
+            features.labels,
+            features.classes,
+            out=out,
+            method="lora",
+            rank=8,
+            alpha=16.0,
+            train_config=TrainConfig(**{**train_cfg, **LORA_TRAIN}),
+            folds=folds,
+            pooled_features=features.features[:, -1],
+            encoder_info={"name": spec.encoder, "options": spec.encoder_options, **encoder.identity()},
+            extra_config={**extra, "method": "lora_r8"},
+            resume=resume,
+        ),
+        out,
     )
     return "lora_r8", metrics, time.perf_counter() - t0
 
 
 #: LoRA runs the whole encoder forward and backward every step: fewer epochs and a smaller learning rate
-LORA_TRAIN = {"epochs": 4, "lr": 5e-4, "batch_size": 32, "early_stopping": 2}
+LORA_TRAIN = {"epochs": 2, "lr": 5e-4, "batch_size": 32, "early_stopping": 2}
 
 
 def run_demo(
@@ -132,11 +147,14 @@ def run_demo(
     sample_scale: float = 1.0,
     lora_modalities: list[str] | None = None,
     explain: bool = True,
+    fresh: bool = False,
     log=print,
 ) -> dict[str, Any]:
     """Run the demo into ``out`` and return the results dict (also written as ``results.json``).
 
     ``lora_modalities`` (default ``["text"]``) adds a ``lora_r8`` row (LoRA r=8 through peft, end to end).
+    A run folder left by an earlier demo with the same configuration and data is reused (unfinished folds are
+    completed); ``fresh=True`` retrains everything.
     """
     from densattn.data import load_dataset
     from densattn.data.cache import cached_features
@@ -155,7 +173,7 @@ def run_demo(
     if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
         raise ValueError(f"{out} is not empty and was not written by the demo; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("written by `densattn demo`; its run folders are replaced on the next demo\n")
+    (out / MARKER).write_text("written by `densattn demo`; runs with the same configuration are reused\n")
     train_cfg = {"epochs": epochs, "early_stopping": 6, "seed": seed}
     workers = workers or max(1, min(2, os.cpu_count() or 1))
     results: dict[str, Any] = {}
@@ -182,7 +200,7 @@ def run_demo(
         names = list(methods) + (["lora_r8"] if modality in lora_modalities else [])
         for method in names:
             run_dir = out / modality / method
-            if run_dir.exists():
+            if fresh and run_dir.exists():
                 shutil.rmtree(run_dir)
             jobs.append((modality, method, str(run_dir), extra))
     t_train = time.perf_counter()

@@ -19,6 +19,7 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=None, help="parallel training processes (default: up to 2)")
     p.add_argument("--sample-scale", type=float, default=1.0, help="scale the per-modality sample counts")
     p.add_argument("--lora", default="text", help="modalities that get a LoRA r=8 row (comma-separated; '' for none)")
+    p.add_argument("--fresh", action="store_true", help="retrain every run (default: reuse finished identical runs)")
     p.add_argument("--no-explain", action="store_true", help="skip the Importance Factor of the daam heads")
     p.add_argument("--cache-dir", default=None, help="feature cache root (default ~/.cache/densattn/features)")
     p.set_defaults(func=run)
@@ -41,5 +42,6 @@ def run(args) -> int:
         sample_scale=args.sample_scale,
         lora_modalities=[m.strip() for m in args.lora.split(",") if m.strip()],
         explain=not args.no_explain,
+        fresh=args.fresh,
     )
     return 0
