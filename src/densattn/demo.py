@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from densattn.commands._common import encoder_parameters
 from densattn.data.cache import atomic_write_text
 
 MARKER = ".densattn-demo"
@@ -188,7 +189,12 @@ def run_demo(
         dataset = load_dataset(spec.data, max_samples=n, seed=seed, **spec.data_options)
         encoder = get_encoder(spec.encoder, **spec.encoder_options)
         features = cached_features(encoder, dataset, cache_dir=cache_dir, progress=_tty())
-        info = {"name": spec.encoder, "options": spec.encoder_options, **encoder.identity()}
+        info = {
+            "name": spec.encoder,
+            "options": spec.encoder_options,
+            **encoder.identity(),
+            **encoder_parameters(encoder),
+        }
         del encoder
         timing["extract_seconds"][modality] = time.perf_counter() - t0
         log(
@@ -269,6 +275,7 @@ def _summary(metrics: dict[str, Any], seconds: float) -> dict[str, Any]:
         "seconds_per_epoch",
     )
     out = {k: metrics[k] for k in keys}
+    out["frozen_params"] = metrics.get("frozen_params")
     out["fold_accuracy"] = [f["accuracy"] for f in metrics["folds"]]
     out["fold_macro_f1"] = [f["macro_f1"] for f in metrics["folds"]]
     out["train_seconds"] = seconds

@@ -134,7 +134,9 @@ def test_cli_train_and_evaluate(tmp_path, capsys, text_features):
             str(tmp_path / "c"),
         ]
     )
-    assert code == 0 and json.loads((out / "metrics.json").read_text())["num_folds"] == 2
+    written = json.loads((out / "metrics.json").read_text())
+    assert code == 0 and written["num_folds"] == 2
+    assert written["frozen_params"] == 22_713_216  # every MiniLM weight, none trained by a head
     code = main(
         [
             "evaluate",

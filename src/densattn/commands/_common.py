@@ -77,5 +77,10 @@ def load_features(args: argparse.Namespace):
     features = cached_features(
         encoder, dataset, cache_dir=args.cache_dir, batch_size=args.batch_size_encode, progress=show_progress()
     )
-    info = {"name": str(args.encoder), "options": enc_opts, **encoder.identity()}
+    info = {"name": str(args.encoder), "options": enc_opts, **encoder.identity(), **encoder_parameters(encoder)}
     return features, info, dataset
+
+
+def encoder_parameters(encoder) -> dict[str, int]:
+    """``{"frozen_params": N}``: every weight of the frozen encoder (a head run trains none of them)."""
+    return {"frozen_params": sum(p.numel() for p in encoder.raw_model().parameters())}
