@@ -135,7 +135,8 @@ def main() -> None:
         f"{encode_seconds:.1f} s here (forward only). A LoRA epoch runs the encoder forward and backward on every "
         "training batch and forward on the validation split. s / epoch depends on the machine's load (shared CPU): "
         "the min over folds is the least-loaded measurement. LoRA: r=8, alpha=16 (scaling alpha/r = 2) on query and "
-        f"value of all 6 layers, lr {args.lora_lr:g} (LoRA+: B at 16x), batch 16, at most {args.lora_epochs} epochs, "
+        f"value of all 6 layers, lr {args.lora_lr:g} (loraplus_r8_lr1e-4: 1e-4; LoRA+: B at 16x), batch 16, at most "
+        f"{args.lora_epochs} epochs, "
         "patience 3; heads: the CLI defaults (lr 1e-3, batch 64, up to 40 epochs, patience 8).",
     ]
     (RESULTS / "lora_text.md").write_text("\n".join(lines) + "\n")
