@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,7 +222,8 @@ def run_demo(
                     _train_job, feature_sets[mod][0], method, run_dir, train_cfg, folds, feature_sets[mod][1], extra
                 )
             futures[future] = mod
-        for future, modality in futures.items():
+        for future in as_completed(futures):
+            modality = futures[future]
             method, metrics, seconds = future.result()
             results.setdefault(modality, {})[method] = _summary(metrics, seconds)
             timing["train_seconds"][f"{modality}/{method}"] = seconds
@@ -230,6 +231,9 @@ def run_demo(
                 f"[{modality}] {method:7s} accuracy {metrics['accuracy_mean']:.3f} ± {metrics['accuracy_std']:.3f} "
                 f"macro-F1 {metrics['macro_f1_mean']:.3f} params {metrics['trainable_params']:,} ({seconds:.0f} s)"
             )
+    order = [*METHODS, "lora_r8"]
+    results = {m: dict(sorted(r.items(), key=lambda kv: order.index(kv[0]))) for m, r in results.items()}
+    results = {m: results[m] for m in modalities if m in results}
     timing["train_seconds_total"] = time.perf_counter() - t_train
     paired = {modality: _paired_rows(out / modality, runs) for modality, runs in results.items()}
     importance: dict[str, Any] = {}

@@ -179,6 +179,7 @@ def run_experiment(
     adapter.save_pretrained(out)
     metrics = summarize(fold_results, features.classes)
     metrics["head"] = head
+    metrics["method"] = (extra_config or {}).get("method", "head")
     metrics["frozen_params"] = (encoder_info or {}).get("frozen_params")  # the encoder's weights, all frozen
     daam_reports = [r["daam_parameters"] for r in fold_results if "daam_parameters" in r]
     if daam_reports:
