@@ -45,9 +45,9 @@ def main() -> None:
         encoder = get_encoder(name, **options)
         batch = inputs(encoder.modality)
         encoder.encode(batch)  # warm-up
-        measurement = Timer(
-            "encoder.encode(batch)", globals={"encoder": encoder, "batch": batch}
-        ).blocked_autorange(min_run_time=3.0)
+        measurement = Timer("encoder.encode(batch)", globals={"encoder": encoder, "batch": batch}).blocked_autorange(
+            min_run_time=3.0
+        )
         rows.append(
             {
                 "encoder": name,

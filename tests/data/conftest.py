@@ -22,9 +22,7 @@ IEMOCAP_EVALUATOR_LINES = (
 )
 
 
-def write_tone(
-    path: Path, *, freq: float, seconds: float = 0.25, sample_rate: int = 16000, channels: int = 1
-):
+def write_tone(path: Path, *, freq: float, seconds: float = 0.25, sample_rate: int = 16000, channels: int = 1):
     """A short sine tone as 16-bit audio (format from the suffix: .wav, .flac, .ogg)."""
     t = np.arange(int(seconds * sample_rate)) / sample_rate
     wave = 0.3 * np.sin(2 * np.pi * freq * t).astype(np.float32)
@@ -51,9 +49,7 @@ def build_iemocap(root: Path, sessions: dict[int, list[tuple[str, str]]]) -> Pat
             lines = [IEMOCAP_HEADER]
             for k, (utterance, label) in enumerate(items):
                 start = 6.2901 + 3 * k
-                lines.append(
-                    f"[{start:.4f} - {start + 1.9456:.4f}]\t{utterance}\t{label}\t[2.5000, 2.5000, 2.5000]\n"
-                )
+                lines.append(f"[{start:.4f} - {start + 1.9456:.4f}]\t{utterance}\t{label}\t[2.5000, 2.5000, 2.5000]\n")
                 lines.append(IEMOCAP_EVALUATOR_LINES)
                 lines.append("\n")
             (eval_dir / f"{dialog}.txt").write_text("".join(lines))
@@ -104,9 +100,7 @@ def audio_folder(tmp_path: Path) -> Path:
     return root
 
 
-def write_png(
-    path: Path, *, colour: tuple[int, int, int], size: tuple[int, int] = (12, 10), mode: str = "RGB"
-):
+def write_png(path: Path, *, colour: tuple[int, int, int], size: tuple[int, int] = (12, 10), mode: str = "RGB"):
     path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.new("RGB", size, colour)
     if mode != "RGB":

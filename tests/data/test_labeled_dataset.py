@@ -44,9 +44,7 @@ def test_stratified_indices_properties(counts: list[int], fraction: float, seed:
     assert all(g <= c for g, c in zip(got, counts))
     if max_samples >= len(counts):
         assert all(g >= 1 for g in got)  # every class kept when there is room
-    if all(
-        max_samples * c / n >= 1 for c in counts
-    ):  # no class needs the one-place floor: exact apportionment
+    if all(max_samples * c / n >= 1 for c in counts):  # no class needs the one-place floor: exact apportionment
         assert got == reference_quotas(counts, max_samples)
 
 
@@ -79,12 +77,7 @@ def test_container_defaults_subset_and_counts() -> None:
     ds = _toy(groups=["g1", "g2", "g1"])
     assert len(ds) == 3 and ds.ids == ["0", "1", "2"] and ds.sample_rate is None
     sub = ds.subset([2, 0])
-    assert (
-        sub.items == ["z", "x"]
-        and sub.labels == [1, 0]
-        and sub.groups == ["g1", "g1"]
-        and sub.ids == ["2", "0"]
-    )
+    assert sub.items == ["z", "x"] and sub.labels == [1, 0] and sub.groups == ["g1", "g1"] and sub.ids == ["2", "0"]
     assert sub.classes == ds.classes and sub.classes is not ds.classes
     assert ds.class_counts() == {"a": 1, "b": 2}
     assert sub.fingerprint() != ds.fingerprint()

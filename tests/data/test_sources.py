@@ -62,9 +62,7 @@ def test_bundled_source_loads(source: str, tmp_path: Path) -> None:
         else:
             assert ds.sample_rate == 16000
             assert isinstance(x, np.ndarray) and x.dtype == np.float32 and x.ndim == 1
-            assert (
-                x.size > 1600 and np.isfinite(x).all() and np.abs(x).max() < 4.0
-            )  # Vorbis may overshoot 1 a little
+            assert x.size > 1600 and np.isfinite(x).all() and np.abs(x).max() < 4.0  # Vorbis may overshoot 1 a little
             assert np.abs(x).max() > 0.01  # not silence
     if source == "espeak-synthetic":
         assert "synthetic" in ds.name and set(ds.groups or []) <= set(bundled.ESPEAK_VOICES)
@@ -144,10 +142,7 @@ def test_list_and_describe_sources() -> None:
 
 def test_asterisk_digits_alias() -> None:
     _skip_without("asterisk-prompts")
-    assert (
-        load_dataset("asterisk-digits", max_samples=6).ids
-        == load_dataset("asterisk-prompts", max_samples=6).ids
-    )
+    assert load_dataset("asterisk-digits", max_samples=6).ids == load_dataset("asterisk-prompts", max_samples=6).ids
 
 
 # ------------------------------------------------------------------------------------------------ errors

@@ -38,9 +38,7 @@ def test_folder_images_decode_to_uint8_rgb(image_folder: Path) -> None:
         x = ds.load(i)
         assert x.dtype == np.uint8 and x.ndim == 3 and x.shape[2] == 3
         if ds.ids[i].endswith("grey.png"):
-            assert (x[..., 0] == x[..., 1]).all() and (
-                x[..., 1] == x[..., 2]
-            ).all()  # grey -> 3 equal channels
+            assert (x[..., 0] == x[..., 1]).all() and (x[..., 1] == x[..., 2]).all()  # grey -> 3 equal channels
         else:
             channel = 2 if ds.classes[ds.labels[i]] == "blue" else 0
             assert x[..., channel].mean() > 150 > x[..., 1].mean()  # colour survives alpha/jpeg decoding
@@ -62,9 +60,7 @@ def test_folder_fingerprint_tracks_file_changes(image_folder: Path, make_png) ->
 def test_folder_empty_class_is_an_error(audio_folder: Path) -> None:
     (audio_folder / "silent").mkdir()
     (audio_folder / "silent" / "readme.md").write_text("nothing here")
-    with pytest.raises(
-        ValueError, match=r"class folder .*silent.* is empty .*add examples or remove the folder"
-    ):
+    with pytest.raises(ValueError, match=r"class folder .*silent.* is empty .*add examples or remove the folder"):
         load_dataset(f"folder:{audio_folder}")
 
 
@@ -77,9 +73,7 @@ def test_folder_unreadable_file_is_an_error(tmp_path: Path, name: str, make_tone
         else:
             make_png(root / cls / "ok.png", colour=(1, 2, 3))
     (root / "b" / name).write_bytes(b"this is not a media file" * 10)
-    with pytest.raises(
-        ValueError, match=rf"unreadable (audio|image) file .*{name}.*replace or delete the file"
-    ):
+    with pytest.raises(ValueError, match=rf"unreadable (audio|image) file .*{name}.*replace or delete the file"):
         load_dataset(f"folder:{root}")
     # with verify=False the error comes when the example is decoded, and names the file as well
     ds = load_dataset(f"folder:{root}", verify=False)

@@ -14,9 +14,7 @@ TARGET_SAMPLE_RATE = 16_000
 AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".ogg", ".mp3")
 
 
-def resample(
-    wave: np.ndarray, orig_sample_rate: int, target_sample_rate: int = TARGET_SAMPLE_RATE
-) -> np.ndarray:
+def resample(wave: np.ndarray, orig_sample_rate: int, target_sample_rate: int = TARGET_SAMPLE_RATE) -> np.ndarray:
     """Resample a mono ``(T,)`` waveform from ``orig_sample_rate`` to ``target_sample_rate`` (float32 out).
 
     Example:

@@ -59,22 +59,16 @@ class LabeledDataset:
             raise ValueError(f"modality={self.modality!r} is not one of {MODALITIES}; pick one of them.")
         n = len(self.items)
         if len(self.labels) != n:
-            raise ValueError(
-                f"labels has {len(self.labels)} entries but items has {n}; give one label per item."
-            )
+            raise ValueError(f"labels has {len(self.labels)} entries but items has {n}; give one label per item.")
         if self.groups is not None and len(self.groups) != n:
-            raise ValueError(
-                f"groups has {len(self.groups)} entries but items has {n}; give one group per item."
-            )
+            raise ValueError(f"groups has {len(self.groups)} entries but items has {n}; give one group per item.")
         if not self.ids:
             self.ids = [str(i) for i in range(n)]
         if len(self.ids) != n:
             raise ValueError(f"ids has {len(self.ids)} entries but items has {n}; give one id per item.")
         bad = [y for y in self.labels if not 0 <= int(y) < len(self.classes)]
         if bad:
-            raise ValueError(
-                f"labels must lie in [0, {len(self.classes)}) for classes={self.classes}; got {bad[:5]}."
-            )
+            raise ValueError(f"labels must lie in [0, {len(self.classes)}) for classes={self.classes}; got {bad[:5]}.")
         self.labels = [int(y) for y in self.labels]
         if self.modality == "audio" and self.sample_rate is None:
             self.sample_rate = TARGET_SAMPLE_RATE

@@ -57,9 +57,7 @@ def load_iemocap(
         raise ValueError(f"source {spec!r} has no path; write it as 'iemocap:/path/to/IEMOCAP_full_release'.")
     root = Path(path).expanduser()
     if not root.is_dir():
-        raise ValueError(
-            f"source {spec!r}: folder {str(root)!r} does not exist; point it at the IEMOCAP release."
-        )
+        raise ValueError(f"source {spec!r}: folder {str(root)!r} does not exist; point it at the IEMOCAP release.")
     sessions = sorted(
         (d for d in root.iterdir() if d.is_dir() and _SESSION.match(d.name)),
         key=lambda d: int(_SESSION.match(d.name).group(1)),  # type: ignore[union-attr]
@@ -76,20 +74,14 @@ def load_iemocap(
     label_files = 0
     for session in sessions:
         eval_dir = session / "dialog" / "EmoEvaluation"
-        files = (
-            sorted(f for f in eval_dir.glob("*.txt") if not f.name.startswith("."))
-            if eval_dir.is_dir()
-            else []
-        )
+        files = sorted(f for f in eval_dir.glob("*.txt") if not f.name.startswith(".")) if eval_dir.is_dir() else []
         label_files += len(files)
         for label_file in files:
             dialog = label_file.stem
             try:
                 text = label_file.read_text(encoding="utf-8", errors="replace")
             except OSError as err:
-                raise ValueError(
-                    f"source {spec!r}: cannot read label file {str(label_file)!r} ({err})."
-                ) from err
+                raise ValueError(f"source {spec!r}: cannot read label file {str(label_file)!r} ({err}).") from err
             for utterance, raw in parse_emo_evaluation(text):
                 label = IEMOCAP_LABELS.get(raw)
                 if label is None:
@@ -111,9 +103,7 @@ def load_iemocap(
             "is this the IEMOCAP release root?"
         )
     if not paths:
-        raise ValueError(
-            f"source {spec!r}: no utterance labelled ang, hap, exc, neu or sad under {str(root)!r}."
-        )
+        raise ValueError(f"source {spec!r}: no utterance labelled ang, hap, exc, neu or sad under {str(root)!r}.")
     ds = build_dataset(
         f"iemocap:{root}", "audio", paths, names, ids=ids, groups=groups, max_samples=max_samples, seed=seed,
         sample_rate=TARGET_SAMPLE_RATE,

@@ -86,14 +86,10 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     with opener(os.fspath(path), "rb") as handle:
         raw = handle.read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(
-            f"{os.fspath(path)!r} is not a uint8 idx file; reinstall the package that provides it."
-        )
+        raise ValueError(f"{os.fspath(path)!r} is not a uint8 idx file; reinstall the package that provides it.")
     ndim = raw[3]
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
-        raise ValueError(
-            f"{os.fspath(path)!r} is truncated ({data.size} bytes for shape {shape}); reinstall it."
-        )
+        raise ValueError(f"{os.fspath(path)!r} is truncated ({data.size} bytes for shape {shape}); reinstall it.")
     return data.reshape(shape)

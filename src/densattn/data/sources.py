@@ -46,8 +46,7 @@ SOURCES: dict[str, tuple[Callable[..., LabeledDataset], str]] = {
     ),
     "asterisk-prompts": (
         load_asterisk_prompts,
-        "audio: Debian asterisk-core-sounds-en-wav, prompt folder digits/letters/phonetic "
-        "(182 clips, one voice)",
+        "audio: Debian asterisk-core-sounds-en-wav, prompt folder digits/letters/phonetic (182 clips, one voice)",
     ),
     "espeak-synthetic": (
         load_espeak_synthetic,
@@ -88,14 +87,10 @@ def _check_options(spec: str, loader: Callable[..., Any], options: dict[str, Any
     accepted = [n for n in accepted if n not in ("max_samples", "seed")]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise ValueError(
-            f"source {spec!r} does not take option(s) {unknown}; its options are {accepted or 'none'}."
-        )
+        raise ValueError(f"source {spec!r} does not take option(s) {unknown}; its options are {accepted or 'none'}.")
 
 
-def load_dataset(
-    spec: str, *, max_samples: int | None = None, seed: int = 0, **options: Any
-) -> LabeledDataset:
+def load_dataset(spec: str, *, max_samples: int | None = None, seed: int = 0, **options: Any) -> LabeledDataset:
     """Build the dataset a spec names (see :func:`list_sources` / :func:`describe_sources`).
 
     Args:
@@ -125,15 +120,11 @@ def load_dataset(
         (['neg', 'pos'], [1, 0, 1])
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(
-            f"spec={spec!r} must be a source name or '<kind>:PATH'; choose from {list_sources()}."
-        )
+        raise ValueError(f"spec={spec!r} must be a source name or '<kind>:PATH'; choose from {list_sources()}.")
     spec = spec.strip()
     if max_samples is not None:
         if isinstance(max_samples, bool) or not isinstance(max_samples, numbers.Integral) or max_samples < 1:
-            raise ValueError(
-                f"max_samples={max_samples!r} must be a positive integer or None (all examples)."
-            )
+            raise ValueError(f"max_samples={max_samples!r} must be a positive integer or None (all examples).")
         max_samples = int(max_samples)
     prefix, sep, rest = spec.partition(":")
     if sep and prefix in PATH_SOURCES:

@@ -17,9 +17,7 @@ def _existing_path(spec: str, path: str, *, directory: bool) -> Path:
     if not p.exists():
         raise ValueError(f"source {spec!r}: path {str(p)!r} does not exist; check the spelling.")
     if directory and not p.is_dir():
-        raise ValueError(
-            f"source {spec!r}: {str(p)!r} is not a folder; give a folder with one subfolder per class."
-        )
+        raise ValueError(f"source {spec!r}: {str(p)!r} is not a folder; give a folder with one subfolder per class.")
     if not directory and not p.is_file():
         raise ValueError(f"source {spec!r}: {str(p)!r} is not a file; give the path of a .csv/.tsv file.")
     return p
@@ -68,9 +66,7 @@ def load_folder(
                 f"{' '.join(AUDIO_EXTENSIONS)} files); add examples or remove the folder."
             )
     if len(kinds) > 1:
-        raise ValueError(
-            f"source {spec!r} mixes image and audio files; keep one modality per dataset folder."
-        )
+        raise ValueError(f"source {spec!r} mixes image and audio files; keep one modality per dataset folder.")
     modality = kinds.pop()
     ids = [Path(p).relative_to(root).as_posix() for p in paths]
     ds = build_dataset(
@@ -131,13 +127,9 @@ def load_csv(
                 )
             rows = list(reader)
     except UnicodeDecodeError as err:
-        raise ValueError(
-            f"source {spec!r}: {str(file)!r} is not UTF-8 text ({err}); re-save it as UTF-8."
-        ) from err
+        raise ValueError(f"source {spec!r}: {str(file)!r} is not UTF-8 text ({err}); re-save it as UTF-8.") from err
     except csv.Error as err:
-        raise ValueError(
-            f"source {spec!r}: cannot parse {str(file)!r} as CSV ({err}); fix the file."
-        ) from err
+        raise ValueError(f"source {spec!r}: cannot parse {str(file)!r} as CSV ({err}); fix the file.") from err
     texts, names, groups, ids = [], [], [], []
     for number, row in enumerate(rows, start=1):
         label = (row.get(label_column) or "").strip()

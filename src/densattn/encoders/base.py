@@ -47,9 +47,7 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
     if mask is None:
         return hidden.mean(dim=2)
     if mask.shape != (hidden.shape[0], hidden.shape[2]):
-        raise ValueError(
-            f"mask has shape {tuple(mask.shape)}, expected (B, T) = {(hidden.shape[0], hidden.shape[2])}"
-        )
+        raise ValueError(f"mask has shape {tuple(mask.shape)}, expected (B, T) = {(hidden.shape[0], hidden.shape[2])}")
     mask = mask.to(device=hidden.device, dtype=torch.bool)
     counts = mask.sum(dim=1)  # (B,)
     if bool((counts == 0).any()):

@@ -82,9 +82,7 @@ class _Cursor:
 
     def take(self, num_bytes: int) -> bytes:
         if self.pos + num_bytes > len(self.data):
-            raise ValueError(
-                f"truncated CTranslate2 file: variable needs {num_bytes} bytes at offset {self.pos}"
-            )
+            raise ValueError(f"truncated CTranslate2 file: variable needs {num_bytes} bytes at offset {self.pos}")
         raw = self.data[self.pos : self.pos + num_bytes]
         self.pos += num_bytes
         return raw
@@ -111,9 +109,7 @@ def read_ctranslate2_model(path: str | Path) -> CTranslate2Model:
     cursor = _Cursor(path.read_bytes())
     (version,) = cursor.unpack("<I")
     if not 1 <= version <= 6:
-        raise ValueError(
-            f"path={str(path)!r}: unsupported CTranslate2 binary version {version} (reader knows 1-6)"
-        )
+        raise ValueError(f"path={str(path)!r}: unsupported CTranslate2 binary version {version} (reader knows 1-6)")
     spec_name, revision = "", 1
     if version >= 2:
         spec_name = cursor.string()
@@ -148,9 +144,7 @@ def _to_tensor(raw: bytes, dtype: torch.dtype, shape: tuple[int, ...], name: str
     item_size = torch.empty((), dtype=dtype).element_size()
     expected = int(np.prod(shape, dtype=np.int64)) * item_size if shape else item_size
     if len(raw) != expected:
-        raise ValueError(
-            f"variable {name!r}: {len(raw)} bytes for shape {shape} of {dtype} (expected {expected})"
-        )
+        raise ValueError(f"variable {name!r}: {len(raw)} bytes for shape {shape} of {dtype} (expected {expected})")
     # bytearray gives a writable buffer, so the tensor owns writable memory.
     flat = torch.frombuffer(bytearray(raw), dtype=dtype)
     return flat.reshape(shape) if shape else flat.reshape(())

@@ -195,8 +195,7 @@ class EfficientNetLite0Encoder(EncoderAdapter):
     def preprocess(self, batch: list[Any]) -> torch.Tensor:
         """Images -> normalised ``(B, 3, S, S)`` float32: RGB, resize + centre crop, ``(x - 127) / 128``."""
         arrays = [
-            center_crop_resize(to_rgb_uint8(item), self.image_size, crop_fraction=self.crop_fraction)
-            for item in batch
+            center_crop_resize(to_rgb_uint8(item), self.image_size, crop_fraction=self.crop_fraction) for item in batch
         ]
         x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()  # (B, 3, S, S)
         return ((x - 127.0) / 128.0).to(self.device)

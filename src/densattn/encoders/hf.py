@@ -110,9 +110,7 @@ class HFEncoder(EncoderAdapter):
         if getattr(model.config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
             model = model.get_encoder()
         self.model = freeze(model.to(device))
-        self.sample_rate = (
-            getattr(self.processor, "sampling_rate", None) if self.modality == "audio" else None
-        )
+        self.sample_rate = getattr(self.processor, "sampling_rate", None) if self.modality == "audio" else None
         probe = self._pooled_layers(self._example_batch())
         self.num_layers = len(probe)
         self.dim = max(v.shape[-1] for v in probe)
@@ -128,9 +126,7 @@ class HFEncoder(EncoderAdapter):
             # Resize/normalise/mel settings live in the processor config: hash it (paths excluded).
             config = {k: v for k, v in self.processor.to_dict().items() if "path" not in k}
             text = json.dumps(config, sort_keys=True, default=str)
-            settings.update(
-                sample_rate=self.sample_rate, preprocessor_sha256=hashlib.sha256(text.encode()).hexdigest()
-            )
+            settings.update(sample_rate=self.sample_rate, preprocessor_sha256=hashlib.sha256(text.encode()).hexdigest())
         return settings
 
     def _example_batch(self) -> list[Any]:
@@ -150,9 +146,7 @@ class HFEncoder(EncoderAdapter):
         inputs = {k: v.to(device) for k, v in inputs.items()}
         out = self.model(**inputs, output_hidden_states=True)
         if getattr(out, "hidden_states", None) is None:
-            raise ValueError(
-                f"model {self.name!r} returned no hidden_states; pick a model that supports them"
-            )
+            raise ValueError(f"model {self.name!r} returned no hidden_states; pick a model that supports them")
         return tuple(out.hidden_states)
 
     def _pooled_layers(self, batch: list[Any]) -> list[torch.Tensor]:
@@ -166,9 +160,7 @@ class HFEncoder(EncoderAdapter):
     def _text(self, batch: list[Any]) -> list[torch.Tensor]:
         if not all(isinstance(item, str) for item in batch):
             raise ValueError(f"encoder {self.name!r} is a text encoder: pass a list of str")
-        tokens = self.processor(
-            batch, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
+        tokens = self.processor(batch, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         mask = tokens["attention_mask"].bool()  # (B, T)
         names = ("input_ids", "attention_mask", "token_type_ids")
         hidden = self._run({k: v for k, v in tokens.items() if k in names})
@@ -196,11 +188,7 @@ class HFEncoder(EncoderAdapter):
         values = features[input_name]
         inputs = {input_name: values}
         attention = features.get("attention_mask")
-        if (
-            attention is not None
-            and getattr(self.processor, "return_attention_mask", False)
-            and not fixed_window
-        ):
+        if attention is not None and getattr(self.processor, "return_attention_mask", False) and not fixed_window:
             inputs["attention_mask"] = attention
         hidden = self._run(inputs)
         lengths_fn = getattr(self.model, "_get_feat_extract_output_lengths", None)

@@ -34,19 +34,13 @@ def to_rgb_uint8(item: Any) -> np.ndarray:
             item = Image.alpha_composite(background, item)
         return np.asarray(item.convert("RGB"), dtype=np.uint8)
     if not isinstance(item, np.ndarray):
-        raise ValueError(
-            f"image of type {type(item).__name__}: pass a path, a PIL image or a uint8 numpy array"
-        )
+        raise ValueError(f"image of type {type(item).__name__}: pass a path, a PIL image or a uint8 numpy array")
     if item.dtype != np.uint8:
-        raise ValueError(
-            f"image array has dtype {item.dtype}; pass uint8 0..255 (e.g. (x * 255).astype(np.uint8))"
-        )
+        raise ValueError(f"image array has dtype {item.dtype}; pass uint8 0..255 (e.g. (x * 255).astype(np.uint8))")
     if item.ndim == 2:
         item = item[:, :, None]
     if item.ndim != 3 or item.shape[2] not in (1, 3, 4):
-        raise ValueError(
-            f"image array has shape {item.shape}; expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)"
-        )
+        raise ValueError(f"image array has shape {item.shape}; expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)")
     if item.shape[2] == 1:
         item = np.repeat(item, 3, axis=2)
     elif item.shape[2] == 4:

@@ -128,14 +128,10 @@ class WhisperTinyEncoder(EncoderAdapter):
         device: where the model runs.
     """
 
-    def __init__(
-        self, *, window_seconds: int = 8, model_file: str | Path | None = None, device: str = "cpu"
-    ) -> None:
+    def __init__(self, *, window_seconds: int = 8, model_file: str | Path | None = None, device: str = "cpu") -> None:
         super().__init__()
         if int(window_seconds) != window_seconds or not 1 <= window_seconds <= 30:
-            raise ValueError(
-                f"window_seconds must be a whole number of seconds in 1..30, got {window_seconds}"
-            )
+            raise ValueError(f"window_seconds must be a whole number of seconds in 1..30, got {window_seconds}")
         self.name = "whisper-tiny"
         self.modality = "audio"
         self.sample_rate = SAMPLE_RATE
