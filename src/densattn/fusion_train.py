@@ -337,6 +337,9 @@ def run_fusion_experiment(
     adapter.save_pretrained(out)
     metrics = summarize(fold_results, first.classes)
     metrics["head"] = f"fusion-{method}"
+    metrics["method"] = (extra_config or {}).get("method", f"fusion-{method}")
+    frozen = [info.get("frozen_params") for info in (encoder_infos or [])]
+    metrics["frozen_params"] = sum(frozen) if frozen and None not in frozen else None  # all encoders, frozen
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=_json_default))
     atomic_write_text(out / "metrics.csv", _metrics_csv(fold_results))
     if plots:

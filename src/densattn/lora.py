@@ -308,43 +308,22 @@ def _write_config(path: Path, config: dict[str, Any], resume: bool) -> None:
 
 def train_lora_from_args(args) -> int:
     """``densattn train --method lora|loraplus ...``: load data and encoder as the heads do, run every fold."""
-    from densattn.commands._common import parse_options, show_progress
-    from densattn.commands.train import parse_folds
-    from densattn.data import load_dataset
+    from densattn.commands._common import load_data_and_encoder, show_progress
+    from densattn.commands.train import parse_folds, train_config_from_args
     from densattn.data.cache import cached_features
-    from densattn.encoders import get_encoder
 
     folds = parse_folds(args.folds)
-    if args.max_samples is not None and args.max_samples < 2:
-        raise ValueError(f"--max-samples must be at least 2, got {args.max_samples}")
     if args.rank < 1:
         raise ValueError(f"--rank must be a positive integer, got {args.rank}")
     targets = [t.strip() for t in args.target_modules.split(",") if t.strip()] if args.target_modules else None
-    enc_opts = parse_options(args.encoder_option, "--encoder-option")
-    dataset = load_dataset(
-        args.data, max_samples=args.max_samples, seed=args.seed, **parse_options(args.data_option, "--data-option")
-    )
-    encoder = get_encoder(args.encoder, **enc_opts)
-    if encoder.modality != dataset.modality:
-        raise ValueError(
-            f"--encoder {args.encoder} reads {encoder.modality} but --data {args.data} is {dataset.modality}; "
-            "pick an encoder of the data's modality"
-        )
+    dataset, encoder, enc_opts = load_data_and_encoder(args)
     # The cached frozen features (shared with head runs) give the classifier's input statistics for free.
     features = cached_features(
         encoder, dataset, cache_dir=args.cache_dir, batch_size=args.batch_size_encode, progress=show_progress()
     )
     if features.labels.tolist() != list(dataset.labels):
         raise ValueError("feature cache and dataset disagree on the examples; delete the cache entry and rerun")
-    config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr if args.lr is not None else 5e-4,
-        weight_decay=args.weight_decay,
-        loss=args.loss,
-        early_stopping=args.patience,
-        seed=args.seed,
-    )
+    config = train_config_from_args(args, default_lr=5e-4)
     metrics = run_lora_experiment(
         encoder,
         [dataset.load(i) for i in range(len(dataset))],

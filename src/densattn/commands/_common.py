@@ -56,10 +56,9 @@ def show_progress() -> bool:
     return sys.stderr.isatty()
 
 
-def load_features(args: argparse.Namespace):
-    """(FeatureSet, encoder_info) for the data/encoder arguments, through the feature cache."""
+def load_data_and_encoder(args: argparse.Namespace):
+    """``(dataset, encoder, encoder_options)`` for the data/encoder arguments, checked against each other."""
     from densattn.data import load_dataset
-    from densattn.data.cache import cached_features
     from densattn.encoders import get_encoder
 
     if args.max_samples is not None and args.max_samples < 2:
@@ -74,6 +73,14 @@ def load_features(args: argparse.Namespace):
             f"--encoder {args.encoder} reads {encoder.modality} but --data {args.data} is {dataset.modality}; "
             "pick an encoder of the data's modality"
         )
+    return dataset, encoder, enc_opts
+
+
+def load_features(args: argparse.Namespace):
+    """(FeatureSet, encoder_info, dataset) for the data/encoder arguments, through the feature cache."""
+    from densattn.data.cache import cached_features
+
+    dataset, encoder, enc_opts = load_data_and_encoder(args)
     features = cached_features(
         encoder, dataset, cache_dir=args.cache_dir, batch_size=args.batch_size_encode, progress=show_progress()
     )
