@@ -277,3 +277,8 @@ def test_cli_train_lora(tiny_bert_path, tmp_path):
     assert metrics["target_modules"] == ["query", "key", "value"]
     assert metrics["trainable_params_without_classifier"] == LAYERS * 3 * 2 * (2 * HIDDEN)
     assert main(argv + ["--resume"]) == 0  # finished folds are kept
+    # densattn evaluate scores a LoRA run end to end on raw examples
+    scores = tmp_path / "scores.json"
+    argv_eval = ["evaluate", str(out), "--encoder", tiny_bert_path, "--data", f"csv:{table}", "--out", str(scores)]
+    assert main(argv_eval + ["--cache-dir", str(tmp_path / "cache")]) == 0
+    assert 0.0 <= json.loads(scores.read_text())["accuracy"] <= 1.0
