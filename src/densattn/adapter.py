@@ -70,10 +70,18 @@ class DensityAdapterModel(nn.Module):
         if self._encoder is None:
             from densattn.encoders import get_encoder
 
-            name = self.encoder_info.get("name")
+            name = self.encoder_info.get("name") or self.encoder_info.get("encoder")
             if not name:
                 raise ValueError("this adapter records no encoder name; call it on features instead")
-            self._encoder = get_encoder(name, **self.encoder_info.get("options", {}))
+            encoder = get_encoder(name, **self.encoder_info.get("options", {}))
+            identity = encoder.identity()
+            differs = [k for k, v in identity.items() if k in self.encoder_info and self.encoder_info[k] != v]
+            if differs:
+                raise ValueError(
+                    f"encoder {name!r} as loaded here differs from the one this head was trained on in {differs}; "
+                    "pass the training run's encoder options (adapter_config.json, 'encoder')"
+                )
+            self._encoder = encoder
         feats = torch.cat([self._encoder.encode(items[i : i + batch_size]) for i in range(0, len(items), batch_size)])
         self.eval()
         return [self.classes[i] for i in self(feats).argmax(-1).tolist()]

@@ -69,6 +69,8 @@ def run_experiment(
     """
     cfg = train_config or TrainConfig()
     head_options = dict(head_options or {})
+    if encoder_info is None and isinstance(features.manifest.get("encoder"), dict):
+        encoder_info = dict(features.manifest["encoder"])  # the cache's encoder identity (name, hash, settings)
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not resume:
         raise ValueError(f"run directory {out} is not empty; pass --resume to continue it or choose another --out")
