@@ -34,7 +34,7 @@ from densattn.fusion import FUSION_METHODS, FusionHead
 from densattn.heads import count_parameters
 from densattn.train.loop import TrainConfig, predict_logits, train_model
 from densattn.train.metrics import classification_metrics
-from densattn.train.run import _clean, _json_default, _metrics_csv, summarize
+from densattn.train.run import _clean, _json_default, _metrics_csv, fold_result, summarize, write_run_config
 from densattn.train.splits import carve_validation, fold_splits
 
 __all__ = [
@@ -277,14 +277,7 @@ def run_fusion_experiment(
         "feature_caches": [{k: fs.manifest.get(k) for k in ("dataset", "dataset_fingerprint", "dtype")} for fs in sets],
         **(extra_config or {}),
     }
-    config_path = out / "config.json"
-    if resume and config_path.exists():
-        previous = json.loads(config_path.read_text())
-        if json.dumps(previous, sort_keys=True, default=_json_default) != json.dumps(
-            config, sort_keys=True, default=_json_default
-        ):
-            raise ValueError(f"--resume: {out} was started with a different configuration; use a new --out")
-    atomic_write_text(config_path, json.dumps(config, indent=2, default=_json_default))
+    write_run_config(out, config, resume=resume)
     x = PackedFusionModel.pack([fs.features for fs in sets])  # (N, sum_m L_m * d_m)
     y = first.labels
     fold_results, adapter = [], None
@@ -309,22 +302,8 @@ def run_fusion_experiment(
         seconds = time.perf_counter() - t0
         logits = predict_logits(model, x[test_idx])
         metrics = classification_metrics(y[test_idx].numpy(), logits.argmax(-1).numpy(), len(first.classes))
-        epochs_run = len(outcome["history"])
-        result = {
-            "fold": k,
-            **metrics,
-            "best_epoch": outcome["best_epoch"],
-            "best_val_accuracy": outcome["best_val_accuracy"],
-            "epochs_run": epochs_run,
-            "train_seconds": seconds,
-            "seconds_per_epoch": seconds / max(epochs_run, 1),
-            "selected_layer": None,
-            "history": outcome["history"],
-            "num_train": len(tr),
-            "num_val": len(va),
-            "num_test": len(test_idx),
-            **count_parameters(model.head),
-        }
+        parameters = count_parameters(model.head)
+        result = fold_result(k, metrics, outcome, seconds, len(tr), len(va), len(test_idx), parameters)
         atomic_save_file(_clean(outcome["best_state"]), fold_dir / "best.safetensors")
         atomic_save_file(_clean(outcome["last_state"]), fold_dir / "last.safetensors")
         model.save_pretrained(fold_dir / "adapter")

@@ -39,7 +39,7 @@ from densattn.lora_model import (
 )
 from densattn.train.loop import TrainConfig
 from densattn.train.metrics import classification_loss, classification_metrics
-from densattn.train.run import _json_default, _metrics_csv, summarize
+from densattn.train.run import _json_default, _metrics_csv, fold_result, summarize, write_run_config
 from densattn.train.splits import carve_validation, fold_splits
 
 __all__ = [
@@ -217,7 +217,7 @@ def run_lora_experiment(
         "encoder": encoder_info or {"name": encoder.name, "options": {}},
         **(extra_config or {}),
     }
-    _write_config(out / "config.json", config, resume)
+    write_run_config(out, config, resume=resume)
     builder = dict(rank=rank, alpha=alpha, target_modules=targets, encoder_info=config["encoder"])
     probe = LoraClassifier(encoder, classes, **builder)
     inputs = probe.prepare(items)
@@ -251,22 +251,8 @@ def run_lora_experiment(
         )
         logits = predict_logits(model, slice_inputs(inputs, te))
         metrics = classification_metrics(y[te].numpy(), logits.argmax(-1).numpy(), len(classes))
-        epochs_run = len(outcome["history"])
-        result = {
-            "fold": k,
-            **metrics,
-            "best_epoch": outcome["best_epoch"],
-            "best_val_accuracy": outcome["best_val_accuracy"],
-            "epochs_run": epochs_run,
-            "train_seconds": outcome["seconds"],
-            "seconds_per_epoch": outcome["seconds"] / max(epochs_run, 1),
-            "selected_layer": None,
-            "history": outcome["history"],
-            "num_train": len(tr),
-            "num_val": len(va),
-            "num_test": len(te),
-            **parameter_accounting(model),
-        }
+        parameters = parameter_accounting(model)
+        result = fold_result(k, metrics, outcome, outcome["seconds"], len(tr), len(va), len(te), parameters)
         atomic_save_file(outcome["best_state"], fold_dir / "best.safetensors")
         atomic_save_file(outcome["last_state"], fold_dir / "last.safetensors")
         model.save_pretrained(fold_dir / "model", extra={"method": method, "loraplus_ratio": ratio})
@@ -295,15 +281,6 @@ def _load(path: Path) -> dict[str, Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(path))
-
-
-def _write_config(path: Path, config: dict[str, Any], resume: bool) -> None:
-    text = json.dumps(config, indent=2, sort_keys=True, default=_json_default)
-    if resume and path.exists():
-        previous = json.dumps(json.loads(path.read_text()), indent=2, sort_keys=True, default=_json_default)
-        if previous != text:
-            raise ValueError(f"--resume: {path.parent} was started with a different configuration; use a new --out")
-    atomic_write_text(path, text)
 
 
 def train_lora_from_args(args) -> int:

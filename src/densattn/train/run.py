@@ -96,14 +96,7 @@ def run_experiment(
         "feature_cache": {k: features.manifest.get(k) for k in ("dataset", "dataset_fingerprint", "dtype")},
         **(extra_config or {}),
     }
-    config_path = out / "config.json"
-    if resume and config_path.exists():
-        previous = json.loads(config_path.read_text())
-        if json.dumps(previous, sort_keys=True, default=_json_default) != json.dumps(
-            config, sort_keys=True, default=_json_default
-        ):
-            raise ValueError(f"--resume: {out} was started with a different configuration; use a new --out")
-    atomic_write_text(config_path, json.dumps(config, indent=2, default=_json_default))
+    write_run_config(out, config, resume=resume)
     x, y = features.features, features.labels
     num_classes = len(features.classes)
     fold_results = []
@@ -147,22 +140,9 @@ def run_experiment(
         seconds = time.perf_counter() - t0
         logits = predict_logits(model.head, x[test_idx])
         metrics = classification_metrics(y[test_idx].numpy(), logits.argmax(-1).numpy(), num_classes)
-        epochs_run = len(outcome["history"])
-        result = {
-            "fold": k,
-            **metrics,
-            "best_epoch": outcome["best_epoch"],
-            "best_val_accuracy": outcome["best_val_accuracy"],
-            "epochs_run": epochs_run,
-            "train_seconds": seconds,
-            "seconds_per_epoch": seconds / max(epochs_run, 1),
-            "selected_layer": outcome["selected_layer"],
-            "history": outcome["history"],
-            "num_train": len(tr),
-            "num_val": len(va),
-            "num_test": len(test_idx),
-            **count_parameters(model.head),
-        }
+        result = fold_result(
+            k, metrics, outcome, seconds, len(tr), len(va), len(test_idx), count_parameters(model.head)
+        )
         report = daam_parameter_report(model.head, initial_state)
         if report["modules"]:  # what DAAM learned: offsets/spreads and how far they moved from init
             result["daam_parameters"] = report
@@ -204,6 +184,47 @@ def run_experiment(
             title=f"{head}: confusion (all folds)",
         )
     return metrics
+
+
+def write_run_config(out: Path, config: dict[str, Any], *, resume: bool) -> None:
+    """Write ``out/config.json``; with ``resume``, refuse a run that was started with another configuration."""
+    path = Path(out) / "config.json"
+    if resume and path.exists():
+        previous = json.loads(path.read_text())
+        if json.dumps(previous, sort_keys=True, default=_json_default) != json.dumps(
+            config, sort_keys=True, default=_json_default
+        ):
+            raise ValueError(f"--resume: {out} was started with a different configuration; use a new --out")
+    atomic_write_text(path, json.dumps(config, indent=2, default=_json_default))
+
+
+def fold_result(
+    fold: int,
+    metrics: dict[str, Any],
+    outcome: dict[str, Any],
+    seconds: float,
+    num_train: int,
+    num_val: int,
+    num_test: int,
+    parameters: dict[str, int],
+) -> dict[str, Any]:
+    """One fold's ``result.json``: test metrics, training outcome, timing, split sizes and parameter counts."""
+    epochs_run = len(outcome["history"])
+    return {
+        "fold": fold,
+        **metrics,
+        "best_epoch": outcome["best_epoch"],
+        "best_val_accuracy": outcome["best_val_accuracy"],
+        "epochs_run": epochs_run,
+        "train_seconds": seconds,
+        "seconds_per_epoch": seconds / max(epochs_run, 1),
+        "selected_layer": outcome.get("selected_layer"),
+        "history": outcome["history"],
+        "num_train": num_train,
+        "num_val": num_val,
+        "num_test": num_test,
+        **parameters,
+    }
 
 
 def _clean(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
