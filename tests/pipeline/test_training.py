@@ -206,3 +206,10 @@ def test_cli_refuses_non_empty_out(tmp_path, capsys):
     )
     assert code == 2 and "not empty" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "user data"
+
+
+def test_device_option_is_checked():
+    assert TrainConfig(device="auto").device in ("cpu", "cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            TrainConfig(device="cuda")

@@ -30,6 +30,7 @@ def add_train_arguments(p) -> None:
     p.add_argument("--weight-decay", type=float, default=1e-2)
     p.add_argument("--loss", default="ce", choices=("ce", "focal"))
     p.add_argument("--patience", type=int, default=8, help="early stopping patience (epochs)")
+    p.add_argument("--device", default="auto", help="cpu | cuda | auto (CUDA when available, with mixed precision)")
     p.add_argument("--out", required=True, help="run directory (new, or existing with --resume)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     # LoRA / LoRA+ (used with --method lora|loraplus)
@@ -107,6 +108,7 @@ def train_config_from_args(args, *, default_lr: float = 1e-3):
         loss=args.loss,
         early_stopping=args.patience,
         seed=args.seed,
+        device=getattr(args, "device", "cpu"),
     )
 
 

@@ -32,6 +32,8 @@ class TrainConfig:
     plateau_factor: float = 0.5
     val_fraction: float = 0.15
     seed: int = 0
+    device: str = "cpu"
+    amp: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -44,6 +46,10 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.loss not in ("ce", "focal"):
             raise ValueError(f"loss must be 'ce' or 'focal', got {self.loss!r}")
+        if self.device == "auto":
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device={self.device!r} but CUDA is not available here; use --device cpu (or auto)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,8 +63,10 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
+    """Logits of ``model`` (eval mode) for ``x``, batch by batch on the model's device, returned on the CPU."""
     model.eval()
-    return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    return torch.cat([model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
 
 
 def _val_scores(logits: Tensor, y: Tensor) -> Tensor:
@@ -92,6 +100,10 @@ def train_model(
         raise ValueError("training and validation splits must be non-empty; raise --max-samples or lower --folds")
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
+    device = torch.device(config.device)
+    model.to(device)
+    use_amp = config.amp and device.type == "cuda"  # mixed precision on GPU; plain float32 on CPU
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -107,6 +119,8 @@ def train_model(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         history, best, bad_epochs, start_epoch = state["history"], state["best"], state["bad_epochs"], state["epoch"]
     focal = {"alpha": config.focal_alpha, "gamma": config.focal_gamma} if config.loss == "focal" else {}
@@ -122,13 +136,16 @@ def train_model(
             idx = order[i : i + config.batch_size]
             if len(idx) < 2 and n >= 2:  # BatchNorm needs > 1 example; fold the straggler into nothing
                 continue
-            logits = model(train_x[idx])
-            loss = classification_loss(logits, train_y[idx], config.loss, **focal)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                logits = model(train_x[idx].to(device))
+                loss = classification_loss(logits.float(), train_y[idx].to(device), config.loss, **focal)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
         scores = _val_scores(predict_logits(model, val_x), val_y)
@@ -161,6 +178,7 @@ def train_model(
                     "scheduler": scheduler.state_dict(),
                     "generator": generator.get_state(),
                     "torch_rng": torch.get_rng_state(),
+                    "scaler": scaler.state_dict(),
                     "history": history,
                     "best": best,
                     "bad_epochs": bad_epochs,
@@ -172,6 +190,7 @@ def train_model(
         if stop_after_epochs is not None and epoch + 1 >= stop_after_epochs:
             return {"interrupted": True, "history": history}
     bar.close()
+    model.to("cpu")
     last_state = copy.deepcopy(model.state_dict())
     model.load_state_dict(best["state"])
     selected = None
