@@ -132,7 +132,7 @@ def _lora_job(modality: str, out: str, train_cfg: dict, folds: int, seed: int, m
 
 
 #: LoRA runs the whole encoder forward and backward every step: fewer epochs and a smaller learning rate
-LORA_TRAIN = {"epochs": 2, "lr": 5e-4, "batch_size": 32, "early_stopping": 2}
+LORA_TRAIN = {"epochs": 4, "lr": 5e-4, "batch_size": 32, "early_stopping": 2}
 
 
 def run_demo(

@@ -75,11 +75,37 @@ def lora_param_groups(
     return [{"params": ps, "lr": rates[k], "weight_decay": weight_decay, "name": k} for k, ps in groups.items() if ps]
 
 
+def _lengths(inputs: dict[str, Tensor]) -> Tensor | None:
+    """Token counts of text inputs (None for audio and images, whose inputs have a fixed size)."""
+    mask = inputs.get("attention_mask")
+    return None if mask is None else mask.sum(1)
+
+
+def _batches(order: Tensor, lengths: Tensor | None, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+    """Mini-batches of ``order``. For text, examples of similar length are batched together (within pools of 16
+    batches, then the batches are shuffled), so little compute goes to padding; otherwise plain slices."""
+    if lengths is None:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = []
+    pool = batch_size * 16
+    for start in range(0, len(order), pool):
+        chunk = order[start : start + pool]
+        chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
 @torch.no_grad()
 def predict_logits(model: LoraClassifier, inputs: dict[str, Tensor], *, batch_size: int = 64) -> Tensor:
+    """Logits in input order; text is run sorted by length (less padding) and put back in order."""
     model.eval()
     n = len(next(iter(inputs.values())))
-    return torch.cat([model(slice_inputs(inputs, i, i + batch_size)).cpu() for i in range(0, n, batch_size)])
+    lengths = _lengths(inputs)
+    order = torch.arange(n) if lengths is None else torch.argsort(lengths, stable=True)
+    logits = torch.cat([model(slice_inputs(inputs, order[i : i + batch_size])).cpu() for i in range(0, n, batch_size)])
+    out = torch.empty_like(logits)
+    out[order] = logits
+    return out
 
 
 def train_lora(
@@ -118,8 +144,7 @@ def train_lora(
         model.train()
         order = torch.randperm(n, generator=generator)
         total, seen = 0.0, 0
-        for i in range(0, n, config.batch_size):
-            idx = order[i : i + config.batch_size]
+        for idx in _batches(order, _lengths(train_inputs), config.batch_size, generator):
             logits = model(slice_inputs(train_inputs, idx))
             loss = classification_loss(logits, train_y[idx].to(logits.device), config.loss, **focal)
             optimizer.zero_grad(set_to_none=True)
