@@ -34,8 +34,16 @@ from densattn.fusion import FUSION_METHODS, FusionHead
 from densattn.heads import count_parameters
 from densattn.train.loop import TrainConfig, predict_logits, train_model
 from densattn.train.metrics import classification_metrics
-from densattn.train.run import _clean, _json_default, _metrics_csv, fold_result, summarize, write_run_config
-from densattn.train.splits import carve_validation, fold_splits
+from densattn.train.run import (
+    _clean,
+    _json_default,
+    _metrics_csv,
+    fold_result,
+    pending_folds,
+    summarize,
+    write_run_config,
+)
+from densattn.train.splits import fold_splits
 
 __all__ = [
     "FUSION_CONFIG_NAME",
@@ -281,15 +289,7 @@ def run_fusion_experiment(
     x = PackedFusionModel.pack([fs.features for fs in sets])  # (N, sum_m L_m * d_m)
     y = first.labels
     fold_results, adapter = [], None
-    for k, (train_idx, test_idx) in enumerate(splits):
-        fold_dir = out / "folds" / str(k)
-        result_path = fold_dir / "result.json"
-        if resume and result_path.exists():
-            fold_results.append(json.loads(result_path.read_text()))
-            continue
-        fold_dir.mkdir(parents=True, exist_ok=True)
-        tr, va = carve_validation(train_idx, y.numpy(), fraction=cfg.val_fraction, seed=cfg.seed + k)
-        torch.manual_seed(cfg.seed + k)  # the head's initialisation is part of the seeded run
+    for k, fold_dir, tr, va, test_idx in pending_folds(out, splits, y, cfg, resume=resume, finished=fold_results):
         model = PackedFusionModel(
             shapes, first.classes, method=method, fusion_options=fusion_options, encoders=infos, seed=cfg.seed + k
         )
@@ -307,7 +307,7 @@ def run_fusion_experiment(
         atomic_save_file(_clean(outcome["best_state"]), fold_dir / "best.safetensors")
         atomic_save_file(_clean(outcome["last_state"]), fold_dir / "last.safetensors")
         model.save_pretrained(fold_dir / "adapter")
-        atomic_write_text(result_path, json.dumps(result, default=_json_default))
+        atomic_write_text(fold_dir / "result.json", json.dumps(result, default=_json_default))
         fold_results.append(result)
         if k == 0:
             adapter = model

@@ -39,8 +39,8 @@ from densattn.lora_model import (
 )
 from densattn.train.loop import TrainConfig
 from densattn.train.metrics import classification_loss, classification_metrics
-from densattn.train.run import _json_default, _metrics_csv, fold_result, summarize, write_run_config
-from densattn.train.splits import carve_validation, fold_splits
+from densattn.train.run import _json_default, _metrics_csv, fold_result, pending_folds, summarize, write_run_config
+from densattn.train.splits import fold_splits
 
 __all__ = [
     "LoraClassifier",
@@ -252,15 +252,8 @@ def run_lora_experiment(
         )
     del probe
     fold_results = []
-    for k, (train_idx, test_idx) in enumerate(splits):
-        fold_dir = out / "folds" / str(k)
-        if resume and (fold_dir / "result.json").exists():
-            fold_results.append(json.loads((fold_dir / "result.json").read_text()))
-            continue
-        fold_dir.mkdir(parents=True, exist_ok=True)
-        tr, va = carve_validation(train_idx, y.numpy(), fraction=cfg.val_fraction, seed=cfg.seed + k)
-        tr, va, te = (torch.as_tensor(a, dtype=torch.long) for a in (tr, va, test_idx))
-        torch.manual_seed(cfg.seed + k)  # LoRA A and the classifier initialisation are part of the seeded run
+    for k, fold_dir, tr, va, te in pending_folds(out, splits, y, cfg, resume=resume, finished=fold_results):
+        tr, va, te = (torch.as_tensor(a, dtype=torch.long) for a in (tr, va, te))
         model = LoraClassifier(encoder, classes, **builder)
         model.set_input_stats(pooled_features[tr][:, : model.input_mean.numel()].float())
         fold_cfg = TrainConfig(**{**cfg.to_dict(), "seed": cfg.seed + k})

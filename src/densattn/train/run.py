@@ -101,15 +101,7 @@ def run_experiment(
     num_classes = len(features.classes)
     fold_results = []
     adapter = None
-    for k, (train_idx, test_idx) in enumerate(splits):
-        fold_dir = out / "folds" / str(k)
-        result_path = fold_dir / "result.json"
-        if resume and result_path.exists():
-            fold_results.append(json.loads(result_path.read_text()))
-            continue
-        fold_dir.mkdir(parents=True, exist_ok=True)
-        tr, va = carve_validation(train_idx, y.numpy(), fraction=cfg.val_fraction, seed=cfg.seed + k)
-        torch.manual_seed(cfg.seed + k)  # the head's initialisation is part of the seeded run
+    for k, fold_dir, tr, va, test_idx in pending_folds(out, splits, y, cfg, resume=resume, finished=fold_results):
         model = DensityAdapterModel(
             head,
             num_layers=features.num_layers,
@@ -151,7 +143,7 @@ def run_experiment(
         atomic_save_file(_clean(outcome["best_state"]), fold_dir / "best.safetensors")
         atomic_save_file(_clean(outcome["last_state"]), fold_dir / "last.safetensors")
         model.save_pretrained(fold_dir / "adapter")
-        atomic_write_text(result_path, json.dumps(result, default=_json_default))
+        atomic_write_text(fold_dir / "result.json", json.dumps(result, default=_json_default))
         (fold_dir / "state.pt").unlink(missing_ok=True)
         fold_results.append(result)
         if k == 0:
@@ -184,6 +176,24 @@ def run_experiment(
             title=f"{head}: confusion (all folds)",
         )
     return metrics
+
+
+def pending_folds(out: Path, splits, labels, cfg: TrainConfig, *, resume: bool, finished: list[dict[str, Any]]):
+    """Yield ``(k, fold_dir, train_idx, val_idx, test_idx)`` for every fold still to train.
+
+    With ``resume``, a fold whose ``result.json`` exists is appended to ``finished`` instead. Each yielded fold has
+    its folder created, its validation split carved from training data (seed ``cfg.seed + k``) and the global RNG
+    seeded with ``cfg.seed + k``, so a model built next initialises the same way in every kind of run.
+    """
+    for k, (train_idx, test_idx) in enumerate(splits):
+        fold_dir = Path(out) / "folds" / str(k)
+        if resume and (fold_dir / "result.json").exists():
+            finished.append(json.loads((fold_dir / "result.json").read_text()))
+            continue
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        tr, va = carve_validation(train_idx, np.asarray(labels), fraction=cfg.val_fraction, seed=cfg.seed + k)
+        torch.manual_seed(cfg.seed + k)
+        yield k, fold_dir, tr, va, test_idx
 
 
 def write_run_config(out: Path, config: dict[str, Any], *, resume: bool) -> None:
