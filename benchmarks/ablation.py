@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from densattn.adapter import DensityAdapterModel
-from densattn.commands.compare import compare
-from densattn.daam_report import daam_parameter_report
+from densattn.adapters import DensityAdapterModel
+from densattn.analysis.compare import compare
+from densattn.analysis.daam_report import daam_parameter_report
 
 METHODS = ("daam", "conv", "pool", "linear", "mha")
 RESULTS = Path(__file__).parent / "results"

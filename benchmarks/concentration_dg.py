@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from densattn.concentration_experiment import ExperimentConfig, run_experiment, to_markdown
+from densattn.concentration.experiment import ExperimentConfig, run_experiment, to_markdown
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from densattn.fusion import FusionHead
+from densattn.heads import FusionHead
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

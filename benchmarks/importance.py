@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from densattn.ablation import ablate_run, ablation_table
+from densattn.analysis.ablation import ablate_run, ablation_table
+from densattn.analysis.importance import explain_run, features_for_run
 from densattn.cli import main as cli_main
-from densattn.data.cache import atomic_write_text
-from densattn.explain import explain_run, features_for_run
+from densattn.io import atomic_write_text
 
 SETUPS = {
     "text": {"encoder": "minilm", "data": "fortunes", "max_samples": 600},

@@ -1,4 +1,4 @@
-"""Shared pieces of the sub-commands: data/encoder arguments and feature loading."""
+"""Shared pieces of the sub-commands: argument groups and argument parsing. No library logic lives here."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ import sys
 from typing import Any
 
 
-def add_data_arguments(p: argparse.ArgumentParser) -> None:
+def add_data_arguments(p: argparse.ArgumentParser, *, encoder_required: bool = True) -> None:
     p.add_argument(
-        "--encoder", required=True, help="minilm | whisper-tiny | efficientnet-lite0 | a Hugging Face model folder"
+        "--encoder",
+        required=encoder_required,
+        default=None,
+        help="minilm | whisper-tiny | efficientnet-lite0 | a Hugging Face model folder",
     )
     p.add_argument(
         "--encoder-option",
@@ -56,38 +59,52 @@ def show_progress() -> bool:
     return sys.stderr.isatty()
 
 
-def load_data_and_encoder(args: argparse.Namespace):
-    """``(dataset, encoder, encoder_options)`` for the data/encoder arguments, checked against each other."""
-    from densattn.data import load_dataset
-    from densattn.encoders import get_encoder
-
+def check_data_arguments(args: argparse.Namespace) -> None:
+    """Checks of the data arguments that need no data (run before any work)."""
     if args.max_samples is not None and args.max_samples < 2:
         raise ValueError(f"--max-samples must be at least 2, got {args.max_samples}")
-    enc_opts = parse_options(args.encoder_option, "--encoder-option")
-    dataset = load_dataset(
-        args.data, max_samples=args.max_samples, seed=args.seed, **parse_options(args.data_option, "--data-option")
+    if args.batch_size_encode < 1:
+        raise ValueError(f"--batch-size-encode must be >= 1, got {args.batch_size_encode}")
+    parse_options(args.encoder_option, "--encoder-option")
+    parse_options(args.data_option, "--data-option")
+
+
+def task_from_args(args: argparse.Namespace):
+    """``(dataset, encoder, encoder_record)`` of the data arguments."""
+    from densattn.pipeline import load_task
+
+    check_data_arguments(args)
+    return load_task(
+        args.data,
+        args.encoder,
+        data_options=parse_options(args.data_option, "--data-option"),
+        encoder_options=parse_options(args.encoder_option, "--encoder-option"),
+        max_samples=args.max_samples,
+        seed=args.seed,
     )
-    encoder = get_encoder(args.encoder, **enc_opts)
-    if encoder.modality != dataset.modality:
-        raise ValueError(
-            f"--encoder {args.encoder} reads {encoder.modality} but --data {args.data} is {dataset.modality}; "
-            "pick an encoder of the data's modality"
-        )
-    return dataset, encoder, enc_opts
 
 
-def load_features(args: argparse.Namespace):
-    """(FeatureSet, encoder_info, dataset) for the data/encoder arguments, through the feature cache."""
+def features_from_args(args: argparse.Namespace, dataset=None, encoder=None):
+    """``(features, encoder_record, dataset)`` of the data arguments, through the feature cache."""
     from densattn.data.cache import cached_features
+    from densattn.pipeline import encoder_record
 
-    dataset, encoder, enc_opts = load_data_and_encoder(args)
+    if dataset is None or encoder is None:
+        dataset, encoder, info = task_from_args(args)
+    else:
+        info = encoder_record(encoder, args.encoder, parse_options(args.encoder_option, "--encoder-option"))
     features = cached_features(
         encoder, dataset, cache_dir=args.cache_dir, batch_size=args.batch_size_encode, progress=show_progress()
     )
-    info = {"name": str(args.encoder), "options": enc_opts, **encoder.identity(), **encoder_parameters(encoder)}
     return features, info, dataset
 
 
-def encoder_parameters(encoder) -> dict[str, int]:
-    """``{"frozen_params": N}``: every weight of the frozen encoder (a head run trains none of them)."""
-    return {"frozen_params": sum(p.numel() for p in encoder.raw_model().parameters())}
+def data_record(args: argparse.Namespace) -> dict[str, Any]:
+    """The data part of a run's ``config.json`` (what rebuilds the dataset)."""
+    from densattn.data.sources import resolve_data_spec
+
+    return {
+        "data": resolve_data_spec(args.data),  # user paths resolved, so the run works from any directory
+        "data_options": parse_options(args.data_option, "--data-option"),
+        "max_samples": args.max_samples,
+    }

@@ -20,7 +20,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from densattn.ablation import ablate_run, ablation_table
+    from densattn.analysis.ablation import ablate_run, ablation_table
 
     results = ablate_run(args.run, top_k=args.top_k, cache_dir=args.cache_dir, progress=show_progress())
     print(ablation_table(results))

@@ -1,7 +1,7 @@
 """``densattn concentrate``: the concentration domain-generalisation experiment (soft and hard prompts).
 
 Paper: "Concentrate Attention: Towards Domain-Generalizable Prompt Optimization for Language Models"
-(NeurIPS 2024, https://arxiv.org/abs/2406.10584). See :mod:`densattn.concentration_experiment`.
+(NeurIPS 2024, https://arxiv.org/abs/2406.10584). See :mod:`densattn.concentration.experiment`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from densattn.concentration_experiment import DOMAINS, ExperimentConfig, run_experiment, to_markdown
+from densattn.concentration.experiment import DOMAINS, ExperimentConfig, run_experiment, to_markdown
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -26,7 +26,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from densattn.demo import run_demo
+    from densattn.experiments.demo import run_demo
 
     if args.folds < 2:
         raise ValueError("--folds must be at least 2 (the demo reports mean ± std over folds)")

@@ -1,68 +1,65 @@
-"""``densattn evaluate``: score a trained run (head adapter or LoRA) on a dataset."""
+"""``densattn evaluate RUN --data ...``: score any trained run (head, fusion head, tuned encoder) on a dataset."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from densattn.commands._common import add_data_arguments, load_data_and_encoder, load_features
+from densattn.commands._common import add_data_arguments, check_data_arguments, parse_options, show_progress
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate",
         help="evaluate a trained run on a dataset",
-        description="Evaluate RUN (a head adapter on cached features, or a LoRA run end to end) on a dataset.",
+        description="Evaluate RUN's adapter (fold 0's best model; a head, a fusion head or a tuned encoder) on a "
+        "dataset. The encoder(s) are rebuilt from the run; --encoder, when given, must be the run's.",
     )
-    p.add_argument("run", help="run directory written by `densattn train`")
-    add_data_arguments(p)
-    p.add_argument("--out", default=None, help="write the metrics JSON here (default: print only)")
+    p.add_argument("run", help="run directory written by `densattn train` (or its folds/K/adapter)")
+    add_data_arguments(p, encoder_required=False)
+    p.add_argument("--out", default=None, help="write the metrics JSON to this file (default: print only)")
     p.set_defaults(func=run)
 
 
-def _check_classes(data_classes: list[str], run_classes: list[str]) -> None:
-    if data_classes != run_classes:
-        raise ValueError(f"the data's classes {data_classes} differ from the run's {run_classes}")
+def _check_out(out: str | None, run_dir: Path) -> Path | None:
+    if out is None:
+        return None
+    path = Path(out).expanduser().resolve()
+    if path.is_dir():
+        raise ValueError(f"--out {out} is a directory; give a file path such as {Path(out) / 'evaluation.json'}")
+    root = run_dir.resolve()
+    if path == root or root in path.parents:
+        raise ValueError(
+            f"--out {out} lies inside the run directory {run_dir}, whose files belong to the run; write the "
+            "evaluation elsewhere (e.g. --out evaluation.json)"
+        )
+    return path
 
 
 def run(args) -> int:
-    import torch
-
-    from densattn.train.metrics import classification_metrics
+    from densattn.adapters import adapter_type, load_adapter
+    from densattn.analysis.evaluate import evaluate_adapter
+    from densattn.data import load_dataset
+    from densattn.io import atomic_write_json
 
     run_dir = Path(args.run)
-    if (run_dir / "fusion_config.json").exists():
-        raise ValueError(
-            f"{run_dir} is a fusion run; load it with densattn.fusion_train.load_fusion_adapter and feed it the "
-            "features of each of its encoders"
-        )
-    if (run_dir / "lora_config.json").exists():
-        from densattn.lora_model import LoraClassifier
-
-        model = LoraClassifier.from_pretrained(run_dir)
-        dataset, _, _ = load_data_and_encoder(args)
-        _check_classes(list(dataset.classes), list(model.classes))
-        names = model.predict([dataset.load(i) for i in range(len(dataset))])
-        pred = torch.tensor([model.classes.index(n) for n in names])
-        labels, classes = torch.tensor(dataset.labels), model.classes
-    else:
-        from densattn.adapter import DensityAdapterModel
-
-        model = DensityAdapterModel.from_pretrained(run_dir)
-        features, _, _ = load_features(args)
-        _check_classes(features.classes, model.classes)
-        if (features.num_layers, features.dim) != (model.num_layers, model.dim):
-            raise ValueError(
-                f"features are {features.num_layers}x{features.dim} but the adapter expects "
-                f"{model.num_layers}x{model.dim}; use the encoder the run was trained with"
-            )
-        with torch.no_grad():
-            pred = torch.cat([model(features.features[i : i + 512]) for i in range(0, len(features), 512)]).argmax(-1)
-        labels, classes = features.labels, model.classes
-    metrics = classification_metrics(labels.numpy(), pred.numpy(), len(classes))
-    print(f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} on {len(labels)} examples")
-    if args.out:
-        from densattn.data.cache import atomic_write_text
-
-        atomic_write_text(Path(args.out), json.dumps(metrics, indent=2))
+    out = _check_out(args.out, run_dir)
+    check_data_arguments(args)
+    kind = adapter_type(run_dir)
+    model = load_adapter(run_dir)
+    if args.encoder is not None:
+        recorded = [e.get("name") for e in model.encoders] if kind == "fusion" else [model.encoder_info.get("name")]
+        if str(args.encoder) not in recorded:
+            raise ValueError(f"--encoder {args.encoder} is not the encoder RUN was trained on ({', '.join(recorded)})")
+    dataset = load_dataset(
+        args.data, max_samples=args.max_samples, seed=args.seed, **parse_options(args.data_option, "--data-option")
+    )
+    metrics = evaluate_adapter(
+        model, dataset, cache_dir=args.cache_dir, batch_size=args.batch_size_encode, progress=show_progress()
+    )
+    print(
+        f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} on {metrics['num_examples']} "
+        f"examples ({kind} adapter)"
+    )
+    if out is not None:
+        atomic_write_json(out, {**metrics, "run": str(run_dir)})
     return 0

@@ -19,7 +19,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from densattn.explain import explain_run
+    from densattn.analysis.importance import explain_run
 
     summary = explain_run(args.run, split=args.split, out=args.out, cache_dir=args.cache_dir)
     names, share = summary["layer_names"], summary["layer_share"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from densattn.commands._common import add_data_arguments, load_features
+from densattn.commands._common import add_data_arguments, features_from_args
 
 
 def register(subparsers) -> None:
@@ -16,7 +16,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    features, info, _ = load_features(args)
+    features, info, _ = features_from_args(args)
     m = features.manifest
     print(
         f"{m['dataset']}: {len(features)} examples x {features.num_layers} layers x {features.dim} "

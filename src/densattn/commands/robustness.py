@@ -1,8 +1,8 @@
 """``densattn robustness RUN... --shift NAME[=LEVEL,...]``: accuracy of trained runs under input shifts.
 
-See :mod:`densattn.robustness` (what is re-extracted and evaluated) and :mod:`densattn.shifts` (the shifts).
-Writes ``OUT/robustness.json``, ``robustness.md`` (table: accuracy and drop from clean per method and shift, plus
-DAAM − method paired differences) and ``robustness.png`` (accuracy vs shift level, one line per method).
+See :mod:`densattn.analysis.robustness` (what is re-extracted and evaluated) and :mod:`densattn.data.shifts` (the
+shifts). Writes ``OUT/robustness.json``, ``robustness.md`` (table: accuracy and drop from clean per method and
+shift, plus DAAM − method paired differences) and ``robustness.png`` (accuracy vs shift level, one line per method).
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from densattn.data.cache import atomic_write_text
-    from densattn.robustness import evaluate_robustness, plot_robustness, robustness_markdown
+    from densattn.analysis.robustness import evaluate_robustness, plot_robustness, robustness_markdown
+    from densattn.io import atomic_write_text
 
     if args.folds == "all":
         folds = None

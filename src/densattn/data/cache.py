@@ -18,44 +18,27 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from densattn.data.dataset import LabeledDataset
+from densattn.io import atomic_save_file, atomic_write_text
 
 SHARD_SIZE = 1024
 FORMAT_VERSION = 1
 
-__all__ = ["FeatureSet", "cached_features", "default_cache_dir", "atomic_write_text", "atomic_save_file"]
+__all__ = ["FeatureSet", "align_feature_sets", "cached_features", "default_cache_dir"]
 
 
 def default_cache_dir() -> Path:
     """``$DENSATTN_CACHE/features`` or ``~/.cache/densattn/features``."""
     root = os.environ.get("DENSATTN_CACHE") or Path.home() / ".cache" / "densattn"
     return Path(root) / "features"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def atomic_save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """``safetensors.torch.save_file`` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
 
 
 def _sha256(path: Path) -> str:
@@ -243,3 +226,47 @@ def _stderr_is_tty() -> bool:
     import sys
 
     return hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+
+
+def align_feature_sets(feature_sets: Sequence[FeatureSet]) -> list[FeatureSet]:
+    """Check that every feature set holds the same examples and return them in the first one's order.
+
+    Raises:
+        ValueError: fewer than two sets, different example ids, or different labels / classes for the same id.
+    """
+    if len(feature_sets) < 2:
+        raise ValueError(f"feature_sets: fusion needs at least two feature sets; got {len(feature_sets)}")
+    first = feature_sets[0]
+    if len(set(first.ids)) != len(first.ids):
+        raise ValueError("feature_sets[0]: example ids are not unique, so the sets cannot be matched by id")
+    position = {example_id: i for i, example_id in enumerate(first.ids)}
+    aligned = [first]
+    for m, fs in enumerate(feature_sets[1:], start=1):
+        if len(fs) != len(first) or set(fs.ids) != set(position):
+            missing = sorted(set(first.ids) - set(fs.ids))[:3]
+            extra = sorted(set(fs.ids) - set(first.ids))[:3]
+            raise ValueError(
+                f"feature_sets[{m}] holds different examples than feature_sets[0] ({len(fs)} vs {len(first)}; "
+                f"e.g. missing {missing}, extra {extra}): extract both from the same data, --max-samples and --seed"
+            )
+        if list(fs.classes) != list(first.classes):
+            raise ValueError(f"feature_sets[{m}] has classes {fs.classes}, feature_sets[0] has {first.classes}")
+        where = {example_id: i for i, example_id in enumerate(fs.ids)}
+        order = torch.tensor([where[i] for i in first.ids]) if fs.ids != first.ids else None
+        if order is not None:
+            fs = FeatureSet(
+                features=fs.features[order],
+                labels=fs.labels[order],
+                classes=fs.classes,
+                ids=list(first.ids),
+                groups=None if fs.groups is None else [fs.groups[i] for i in order.tolist()],
+                manifest=fs.manifest,
+            )
+        if not torch.equal(fs.labels, first.labels):
+            bad = int((fs.labels != first.labels).nonzero()[0, 0])
+            raise ValueError(
+                f"feature_sets[{m}] gives example {first.ids[bad]!r} label {int(fs.labels[bad])} but "
+                f"feature_sets[0] gives {int(first.labels[bad])}: the sets must label the same examples alike"
+            )
+        aligned.append(fs)
+    return aligned

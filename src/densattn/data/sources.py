@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import numbers
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from densattn.data.bundled import (
@@ -27,7 +28,15 @@ from densattn.data.dataset import LabeledDataset, Modality, stratified_indices
 from densattn.data.iemocap import load_iemocap
 from densattn.data.user import load_csv, load_folder
 
-__all__ = ["LabeledDataset", "Modality", "SOURCES", "list_sources", "load_dataset", "stratified_indices"]
+__all__ = [
+    "LabeledDataset",
+    "Modality",
+    "SOURCES",
+    "list_sources",
+    "load_dataset",
+    "resolve_data_spec",
+    "stratified_indices",
+]
 
 # name -> (loader, one-line description). Loaders take keyword options only.
 SOURCES: dict[str, tuple[Callable[..., LabeledDataset], str]] = {
@@ -81,6 +90,21 @@ def describe_sources() -> dict[str, str]:
     return out
 
 
+def resolve_data_spec(spec: str) -> str:
+    """The spec with a path source's path made absolute (``csv:my.csv`` -> ``csv:/home/me/my.csv``), so a run that
+    records it rebuilds the same dataset from any working directory; other specs are returned unchanged.
+
+    Example:
+        >>> resolve_data_spec("fortunes")
+        'fortunes'
+    """
+    spec = spec.strip()
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix in PATH_SOURCES and rest:
+        return f"{prefix}:{Path(rest).expanduser().resolve()}"
+    return spec
+
+
 def _check_options(spec: str, loader: Callable[..., Any], options: dict[str, Any]) -> None:
     params = inspect.signature(loader).parameters
     accepted = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
@@ -121,7 +145,7 @@ def load_dataset(spec: str, *, max_samples: int | None = None, seed: int = 0, **
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"spec={spec!r} must be a source name or '<kind>:PATH'; choose from {list_sources()}.")
-    spec = spec.strip()
+    spec = resolve_data_spec(spec)
     if max_samples is not None:
         if isinstance(max_samples, bool) or not isinstance(max_samples, numbers.Integral) or max_samples < 1:
             raise ValueError(f"max_samples={max_samples!r} must be a positive integer or None (all examples).")

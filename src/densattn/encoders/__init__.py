@@ -36,6 +36,7 @@ __all__ = [
     "detect_modality",
     "get_encoder",
     "list_encoders",
+    "load_recorded_encoder",
     "masked_mean",
 ]
 
@@ -84,3 +85,25 @@ def get_encoder(name: str | Path, *, device: str | torch.device = "cpu", **optio
             f"encoder {key!r} is not a bundled encoder ({', '.join(list_encoders())}) and could not be "
             f"loaded as a Hugging Face checkpoint (folder or cached hub id): {error}"
         ) from error
+
+
+def load_recorded_encoder(info: dict[str, Any], *, device: str | torch.device = "cpu") -> EncoderAdapter:
+    """Rebuild the encoder a run recorded (``{"name", "options", ...identity}``) and check it is the same one.
+
+    Raises:
+        ValueError: no encoder name is recorded, or the encoder rebuilt here differs from the recorded identity
+            (other weights, e.g. another package version, or other settings).
+    """
+    name = info.get("name") or info.get("encoder")
+    if not name:
+        raise ValueError("the run records no encoder name, so it cannot be rebuilt; call the model on features instead")
+    encoder = get_encoder(name, device=device, **(info.get("options") or {}))
+    identity = encoder.identity()
+    differs = sorted(k for k, v in identity.items() if k in info and info[k] != v)
+    if differs:
+        raise ValueError(
+            f"encoder {name!r} as rebuilt here differs from the one the run was trained on in {differs} (e.g. "
+            "another version of the package that ships its weights); install the same version, or pass the run's "
+            "encoder options"
+        )
+    return encoder

@@ -1,208 +1,274 @@
-"""Training loop for heads on cached features: AdamW, ReduceLROnPlateau on the validation metric, early stopping,
-gradient clipping, best/last checkpoints and exact resume."""
+"""The one training loop: heads, fusion heads and end-to-end tuned encoders all train here.
+
+AdamW (parameter groups of :mod:`densattn.train.optim`), ReduceLROnPlateau on the validation accuracy, early
+stopping, gradient clipping after unscaling, mixed precision on CUDA, an atomic checkpoint after every epoch and an
+exact resume from it. The loop has no global side effects: randomness (batch order, dropout) comes from a local
+generator and a forked RNG seeded with ``config.seed``, and the model stays on the device it was trained on.
+
+Checkpoints hold tensors and plain values only and are read with ``torch.load(weights_only=True)``, so a run
+directory from someone else cannot run code on this machine.
+"""
 
 from __future__ import annotations
 
-import copy
-import os
-from dataclasses import asdict, dataclass, field
+import pickle
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from densattn.io import atomic_torch_save
+from densattn.train.config import TrainConfig
+from densattn.train.inputs import Inputs
 from densattn.train.metrics import classification_loss
+from densattn.train.optim import optimizer_groups
+
+__all__ = ["NonFiniteLossError", "TrainResult", "load_checkpoint", "predict_logits", "train_model"]
+
+
+class NonFiniteLossError(ValueError):
+    """Training produced a NaN/inf loss or parameter; nothing of that epoch is saved."""
 
 
 @dataclass
-class TrainConfig:
-    """Optimisation settings (DESIGN.md §3)."""
+class TrainResult:
+    """What :func:`train_model` returns.
 
-    epochs: int = 40
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    loss: str = "ce"
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.5
-    grad_clip: float = 1.0
-    early_stopping: int = 8
-    plateau_patience: int = 3
-    plateau_factor: float = 0.5
-    val_fraction: float = 0.15
-    seed: int = 0
-    device: str = "cpu"
-    amp: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    Attributes:
+        history: one dict per epoch (``epoch``, ``train_loss``, ``val_accuracy``, ``lr``, ``seconds``).
+        best_epoch: epoch (1-based) of the best validation score; the model holds that state on return.
+        best_score: that validation score (accuracy; the best layer's for a selecting probe).
+        best_state: the model's adapter state at ``best_epoch``.
+        last_state: the state after the last epoch.
+        seconds: training time of this call plus that of the resumed checkpoint.
+    """
 
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "early_stopping"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.loss not in ("ce", "focal"):
-            raise ValueError(f"loss must be 'ce' or 'focal', got {self.loss!r}")
-        if self.device == "auto":
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device={self.device!r} but CUDA is not available here; use --device cpu (or auto)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_score: float
+    best_state: dict[str, Tensor]
+    last_state: dict[str, Tensor]
+    seconds: float
+    groups: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _state(model: nn.Module) -> dict[str, Tensor]:
+    if hasattr(model, "adapter_state_dict"):
+        return model.adapter_state_dict()
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _load_state(model: nn.Module, state: dict[str, Tensor]) -> None:
+    if hasattr(model, "load_adapter_state_dict"):
+        model.load_adapter_state_dict(state)
+    else:
+        model.load_state_dict(state)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
-    """Logits of ``model`` (eval mode) for ``x``, batch by batch on the model's device, returned on the CPU."""
+def predict_logits(model: nn.Module, inputs: Inputs | Tensor, *, batch_size: int = 256) -> Tensor:
+    """Logits of ``model`` (eval mode) for every example of ``inputs``, in order, as float32 on the CPU."""
+    inputs = inputs if isinstance(inputs, Inputs) else Inputs(inputs)
     model.eval()
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    return torch.cat([model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
+    device = _device(model)
+    parts, order = [], []
+    for index in inputs.eval_batches(batch_size):
+        parts.append(model(inputs.batch(index, device)).float().cpu())
+        order.append(index)
+    logits = torch.cat(parts)
+    out = torch.empty_like(logits)
+    out[torch.cat(order)] = logits
+    return out
 
 
-def _val_scores(logits: Tensor, y: Tensor) -> Tensor:
-    """Validation accuracy, per layer for a selecting probe's ``(N, L, C)`` logits."""
+def _scores(logits: Tensor, y: Tensor) -> Tensor:
+    """Validation accuracy; per layer for a selecting probe's ``(N, L, C)`` logits."""
     return (logits.argmax(-1) == (y if logits.dim() == 2 else y[:, None])).float().mean(0)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a training checkpoint with ``torch.load(weights_only=True)``.
+
+    Raises:
+        ValueError: the file is not a densattn checkpoint (it holds Python objects that safe loading refuses, or
+            it is truncated); nothing in it is executed.
+    """
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"refusing to load {path}: it holds Python objects that safe loading (weights_only) does not allow, so "
+            f"it was not written by densattn ({str(err).splitlines()[0][:120]}). Delete it and rerun without --resume"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise ValueError(
+            f"{path} is not a readable checkpoint ({str(err).splitlines()[0][:120]}); it may be truncated. "
+            "Delete it to restart this fold"
+        ) from None
+
+
+def _check_trainable(model: nn.Module, config: TrainConfig) -> None:
+    if config.batch_size == 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ValueError(
+            "batch_size=1 cannot train this model: it has BatchNorm, which needs at least 2 examples per batch; "
+            "use --batch-size 2 or more"
+        )
 
 
 def train_model(
     model: nn.Module,
-    train_x: Tensor,
+    train: Inputs | Tensor,
     train_y: Tensor,
-    val_x: Tensor,
+    val: Inputs | Tensor,
     val_y: Tensor,
     config: TrainConfig,
     *,
-    state_path: str | Path | None = None,
+    groups: list[dict[str, Any]] | None = None,
+    checkpoint: str | Path | None = None,
     resume: bool = False,
     progress: bool = False,
-    stop_after_epochs: int | None = None,
-) -> dict[str, Any]:
-    """Train ``model`` and return ``{"history", "best_epoch", "best_val_accuracy", "best_state", "last_state",
-    "selected_layer"}``; the model is left holding the best validation state.
+) -> TrainResult:
+    """Train ``model`` on ``train`` with model selection on ``val``; the model is left holding the best state.
 
-    With ``state_path``, the full training state (model, optimiser, scheduler, RNGs, history) is saved after every
-    epoch; ``resume=True`` continues from it and gives the same result as an uninterrupted run.
-    ``stop_after_epochs`` stops early (to simulate an interruption in tests).
+    Args:
+        model: the module (an adapter: its ``adapter_state_dict`` is what checkpoints hold).
+        train, val: model inputs (:class:`~densattn.train.Inputs`, or one tensor); ``train_y``, ``val_y`` their
+            labels ``(N,)``.
+        config: optimisation settings (``config.seed`` seeds batch order and dropout).
+        groups: AdamW parameter groups (default :func:`~densattn.train.optim.optimizer_groups`).
+        checkpoint: where to save the full training state after every epoch (atomically).
+        resume: continue from ``checkpoint`` when it exists: the result equals an uninterrupted run.
+        progress: show a progress bar.
+
+    Raises:
+        ValueError: empty splits, or a model that cannot train with these settings.
+        NonFiniteLossError: the loss or a parameter became NaN/inf (lower the learning rate); nothing of the
+            failing epoch is saved.
     """
     from tqdm.auto import tqdm
 
-    if len(train_x) == 0 or len(val_x) == 0:
+    train = train if isinstance(train, Inputs) else Inputs(train)
+    val = val if isinstance(val, Inputs) else Inputs(val)
+    if len(train) == 0 or len(val) == 0:
         raise ValueError("training and validation splits must be non-empty; raise --max-samples or lower --folds")
-    generator = torch.Generator().manual_seed(config.seed)
-    torch.manual_seed(config.seed)
+    if len(train) != len(train_y) or len(val) != len(val_y):
+        raise ValueError("inputs and labels must have the same number of examples")
+    _check_trainable(model, config)
     device = torch.device(config.device)
     model.to(device)
+    train_y, val_y = train_y.to(device), val_y.cpu()
     use_amp = config.amp and device.type == "cuda"  # mixed precision on GPU; plain float32 on CPU
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    groups = groups if groups is not None else optimizer_groups(model, lr=config.lr, weight_decay=config.weight_decay)
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=config.plateau_factor, patience=config.plateau_patience
     )
-    history: list[dict[str, float]] = []
-    best = {"score": -1.0, "epoch": -1, "state": copy.deepcopy(model.state_dict()), "layer_scores": None}
-    bad_epochs, start_epoch = 0, 0
-    path = Path(state_path) if state_path is not None else None
-    if resume and path is not None and path.exists():
-        state = torch.load(path, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        history, best, bad_epochs, start_epoch = state["history"], state["best"], state["bad_epochs"], state["epoch"]
     focal = {"alpha": config.focal_alpha, "gamma": config.focal_gamma} if config.loss == "focal" else {}
-    n = len(train_x)
-    bar = tqdm(range(start_epoch, config.epochs), desc="train", disable=not progress, leave=False)
-    for epoch in bar:
-        if bad_epochs >= config.early_stopping:
-            break
-        model.train()
-        order = torch.randperm(n, generator=generator)
-        total, seen = 0.0, 0
-        for i in range(0, n, config.batch_size):
-            idx = order[i : i + config.batch_size]
-            if len(idx) < 2 and n >= 2:  # BatchNorm needs > 1 example; fold the straggler into nothing
-                continue
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                logits = model(train_x[idx].to(device))
-                loss = classification_loss(logits.float(), train_y[idx].to(device), config.loss, **focal)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            total += float(loss.detach()) * len(idx)
-            seen += len(idx)
-        scores = _val_scores(predict_logits(model, val_x), val_y)
-        score = float(scores.max())
-        scheduler.step(score)
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "train_loss": total / max(seen, 1),
-                "val_accuracy": score,
-                "lr": optimizer.param_groups[0]["lr"],
-            }
-        )
-        if score > best["score"]:
-            best = {
-                "score": score,
-                "epoch": epoch + 1,
-                "state": copy.deepcopy(model.state_dict()),
-                "layer_scores": scores.tolist() if scores.dim() else None,
-            }
-            bad_epochs = 0
-        else:
-            bad_epochs += 1
-        bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val=f"{score:.3f}")
-        if path is not None:
-            _atomic_torch_save(
+    generator = torch.Generator().manual_seed(config.seed)
+    history: list[dict[str, float]] = []
+    best: dict[str, Any] = {"score": -1.0, "epoch": 0, "state": _state(model)}
+    bad_epochs, start_epoch, seconds_before = 0, 0, 0.0
+    devices = [device.index or 0] if device.type == "cuda" else []
+    path = Path(checkpoint) if checkpoint is not None else None
+    with torch.random.fork_rng(devices=devices):  # dropout draws from a forked RNG: no global side effect
+        torch.manual_seed(config.seed)
+        if resume and path is not None and path.exists():
+            state = load_checkpoint(path)
+            _load_state(model, state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            if devices and state.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(state["cuda_rng"], device)
+            history, bad_epochs, start_epoch = state["history"], state["bad_epochs"], state["epoch"]
+            best = {"score": state["best_score"], "epoch": state["best_epoch"], "state": state["best_state"]}
+            seconds_before = state.get("seconds", 0.0)
+        t0 = time.perf_counter()
+        bar = tqdm(range(start_epoch, config.epochs), desc="train", disable=not progress, leave=False)
+        for epoch in bar:
+            if bad_epochs >= config.early_stopping:
+                break
+            model.train()
+            total = torch.zeros((), device=device)
+            for idx in train.train_batches(config.batch_size, generator):
+                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                    logits = model(train.batch(idx, device))
+                    loss = classification_loss(logits.float(), train_y[idx.to(device)], config.loss, **focal)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
+                if config.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                total += loss.detach() * len(idx)
+            train_loss = float(total) / len(train)  # one device sync per epoch
+            finite = torch.stack([torch.isfinite(p).all() for p in params]).all()
+            if not (torch.isfinite(torch.tensor(train_loss)) and bool(finite)):
+                raise NonFiniteLossError(
+                    f"training diverged at epoch {epoch + 1}: the loss is {train_loss} (lr={config.lr:g}); lower "
+                    "--lr (or --grad-clip). Nothing of this epoch was saved"
+                )
+            scores = _scores(predict_logits(model, val), val_y)
+            score = float(scores.max())
+            scheduler.step(score)
+            history.append(
                 {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "generator": generator.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "scaler": scaler.state_dict(),
-                    "history": history,
-                    "best": best,
-                    "bad_epochs": bad_epochs,
                     "epoch": epoch + 1,
-                    "config": config.to_dict(),
-                },
-                path,
+                    "train_loss": train_loss,
+                    "val_accuracy": score,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "seconds": seconds_before + time.perf_counter() - t0,
+                }
             )
-        if stop_after_epochs is not None and epoch + 1 >= stop_after_epochs:
-            return {"interrupted": True, "history": history}
-    bar.close()
-    model.to("cpu")
-    last_state = copy.deepcopy(model.state_dict())
-    model.load_state_dict(best["state"])
-    selected = None
-    if best["layer_scores"] is not None and hasattr(model, "select_layer"):
-        selected = int(torch.tensor(best["layer_scores"]).argmax())
-        model.select_layer(selected)
-    return {
-        "history": history,
-        "best_epoch": best["epoch"],
-        "best_val_accuracy": best["score"],
-        "best_state": best["state"],
-        "last_state": last_state,
-        "selected_layer": selected,
-        "interrupted": False,
-    }
+            if score > best["score"]:
+                best = {"score": score, "epoch": epoch + 1, "state": _state(model)}
+                bad_epochs = 0
+            else:
+                bad_epochs += 1
+            bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{score:.3f}")
+            if path is not None:
+                atomic_torch_save(
+                    {
+                        "model": _state(model),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "generator": generator.get_state(),
+                        "torch_rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state(device) if devices else None,
+                        "history": history,
+                        "best_score": best["score"],
+                        "best_epoch": best["epoch"],
+                        "best_state": best["state"],
+                        "bad_epochs": bad_epochs,
+                        "epoch": epoch + 1,
+                        "seconds": seconds_before + time.perf_counter() - t0,
+                        "config": config.to_dict(),
+                    },
+                    path,
+                )
+        bar.close()
+    last_state = _state(model)
+    _load_state(model, best["state"])
+    return TrainResult(
+        history=history,
+        best_epoch=best["epoch"],
+        best_score=best["score"],
+        best_state=best["state"],
+        last_state=last_state,
+        seconds=seconds_before + time.perf_counter() - t0,
+        groups=groups,
+    )

@@ -1,0 +1,1 @@
+"""Ready-made experiments: :mod:`densattn.experiments.demo` (``make demo``, the main job on its embedded default)."""

@@ -1,0 +1,114 @@
+"""The front of the main job: a data spec and an encoder spec -> the dataset, the frozen encoder, and features.
+
+A *task* is an (encoder, data, options) triple. :func:`load_task` builds the dataset (references only, nothing
+decoded) and the encoder and checks that they fit each other; :func:`task_features` adds the cached per-layer
+features; :func:`encoder_record` is the encoder identity every run records (what rebuilds the encoder later).
+
+Example:
+    >>> dataset, encoder, info = load_task("fortunes", "minilm", max_samples=20)
+    >>> len(dataset), info["name"], info["frozen_params"]
+    (20, 'minilm', 22713216)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["encoder_record", "load_task", "run_dataset", "task_features"]
+
+
+def encoder_record(encoder, name: str | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``{"name", "options", ...identity, "frozen_params"}``: what a run records about its frozen encoder."""
+    return {
+        "name": str(name or encoder.name),
+        "options": dict(options or {}),
+        **encoder.identity(),
+        "frozen_params": sum(p.numel() for p in encoder.raw_model().parameters()),
+    }
+
+
+def load_task(
+    data: str,
+    encoder: str,
+    *,
+    data_options: dict[str, Any] | None = None,
+    encoder_options: dict[str, Any] | None = None,
+    max_samples: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+):
+    """``(dataset, encoder, encoder_record)`` for a data spec and an encoder spec.
+
+    Raises:
+        ValueError: a bad spec or option (the message names it), ``max_samples < 2``, fewer than 2 classes, or an
+            encoder of another modality than the data.
+    """
+    from densattn.data import load_dataset
+    from densattn.encoders import get_encoder
+
+    if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 2):
+        raise ValueError(f"--max-samples must be at least 2, got {max_samples}")
+    dataset = load_dataset(data, max_samples=max_samples, seed=seed, **dict(data_options or {}))
+    present = sum(1 for n in dataset.class_counts().values() if n > 0)
+    if present < 2:
+        raise ValueError(
+            f"--data {data} has {present} class(es) {list(dataset.classes)}; classification needs at least 2 "
+            "(check the label column or the folder layout)"
+        )
+    model = get_encoder(encoder, device=device, **dict(encoder_options or {}))
+    if model.modality != dataset.modality:
+        raise ValueError(
+            f"--encoder {encoder} reads {model.modality} but --data {data} is {dataset.modality}; "
+            "pick an encoder of the data's modality"
+        )
+    return dataset, model, encoder_record(model, encoder, encoder_options)
+
+
+def task_features(
+    data: str,
+    encoder: str,
+    *,
+    data_options: dict[str, Any] | None = None,
+    encoder_options: dict[str, Any] | None = None,
+    max_samples: int | None = None,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 16,
+    progress: bool | None = None,
+):
+    """``(features, encoder_record, dataset)``: :func:`load_task`, then the features through the cache."""
+    from densattn.data.cache import cached_features
+
+    dataset, model, info = load_task(
+        data, encoder, data_options=data_options, encoder_options=encoder_options, max_samples=max_samples, seed=seed
+    )
+    features = cached_features(model, dataset, cache_dir=cache_dir, batch_size=batch_size, progress=progress)
+    return features, info, dataset
+
+
+def run_dataset(config: dict[str, Any]):
+    """The dataset a run was trained on, rebuilt from its ``config.json`` (data spec, options, max_samples, seed) and
+    checked against the fingerprint the run recorded.
+
+    Raises:
+        ValueError: the config records no data spec, or the rebuilt dataset differs (files changed, or options the
+            config does not record).
+    """
+    from densattn.data import load_dataset
+
+    if not config.get("data"):
+        raise ValueError("the run's config.json records no data spec; pass the data (or features) directly")
+    dataset = load_dataset(
+        config["data"],
+        max_samples=config.get("max_samples"),
+        seed=(config.get("train") or {}).get("seed", 0),
+        **(config.get("data_options") or {}),
+    )
+    recorded = (config.get("feature_cache") or {}).get("dataset_fingerprint")
+    if recorded and recorded != dataset.fingerprint():
+        raise ValueError(
+            f"the data {config['data']!r} rebuilt now differs from the data the run was trained on (fingerprint "
+            "mismatch: files changed, or data options that the config does not record)"
+        )
+    return dataset

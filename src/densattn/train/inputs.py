@@ -1,0 +1,105 @@
+"""Model inputs for the training loop: one tensor (cached features) or a dict of tensors (prepared raw inputs).
+
+:class:`Inputs` knows how to cut itself into batches: shuffled slices for training, or — for text, where
+``lengths`` are given — batches of similar length (within pools of 16 batches, then shuffled), so little compute
+goes to padding; and how to move a batch to a device (pinned memory and non-blocking copies on CUDA).
+
+Example:
+    >>> import torch
+    >>> inputs = Inputs(torch.arange(10.0).view(5, 2))
+    >>> [b.tolist() for b in inputs.train_batches(2, torch.Generator().manual_seed(0))]
+    [[4, 0], [1, 3, 2]]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["Inputs"]
+
+
+@dataclass
+class Inputs:
+    """Model inputs of N examples.
+
+    Attributes:
+        data: a tensor ``(N, ...)`` or a dict of tensors ``(N, ...)`` (e.g. ``input_ids``, ``attention_mask``).
+        lengths: optional ``(N,)`` sequence lengths; batches then group examples of similar length.
+    """
+
+    data: Tensor | dict[str, Tensor]
+    lengths: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        sizes = {len(v) for v in self._tensors()}
+        if len(sizes) != 1:
+            raise ValueError(f"every input tensor must have the same number of examples, got sizes {sorted(sizes)}")
+        if self.lengths is not None and len(self.lengths) != len(self):
+            raise ValueError(f"lengths has {len(self.lengths)} entries for {len(self)} examples")
+
+    def _tensors(self) -> list[Tensor]:
+        return list(self.data.values()) if isinstance(self.data, dict) else [self.data]
+
+    def __len__(self) -> int:
+        return len(self._tensors()[0])
+
+    def select(self, index: Tensor | list[int]) -> Inputs:
+        """The examples at ``index``."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        data = {k: v[index] for k, v in self.data.items()} if isinstance(self.data, dict) else self.data[index]
+        return Inputs(data, None if self.lengths is None else self.lengths[index])
+
+    def batch(self, index: Tensor, device: torch.device | str = "cpu") -> Tensor | dict[str, Tensor]:
+        """Rows ``index`` on ``device`` (through pinned memory with a non-blocking copy on CUDA). Text batches are
+        trimmed to the longest sequence in the batch."""
+        device = torch.device(device)
+
+        def move(t: Tensor) -> Tensor:
+            if device.type == "cuda":
+                return t.pin_memory().to(device, non_blocking=True)
+            return t.to(device)
+
+        if not isinstance(self.data, dict):
+            return move(self.data[index])
+        rows = {k: v[index] for k, v in self.data.items()}
+        if self.lengths is not None:
+            width = int(self.lengths[index].max())
+            rows = {k: v[:, :width] if v.dim() >= 2 and k != "pixel_values" else v for k, v in rows.items()}
+        return {k: move(v) for k, v in rows.items()}
+
+    def train_batches(self, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+        """Shuffled mini-batches covering every example once. A trailing batch of a single example joins the
+        previous batch (BatchNorm cannot train on one example), so no example is ever skipped."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator)
+        if self.lengths is None:
+            batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+        else:
+            batches = []
+            pool = batch_size * 16
+            for start in range(0, n, pool):
+                chunk = order[start : start + pool]
+                chunk = chunk[torch.argsort(self.lengths[chunk], stable=True)]
+                batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        if batch_size == 1:
+            return batches
+        merged: list[Tensor] = []
+        for b in batches:
+            if len(b) == 1 and merged:
+                merged[-1] = torch.cat([merged[-1], b])
+            else:
+                merged.append(b)
+        if len(merged) > 1 and len(merged[0]) == 1:
+            merged[1] = torch.cat([merged[0], merged[1]])
+            del merged[0]
+        return merged
+
+    def eval_batches(self, batch_size: int) -> list[Tensor]:
+        """Batches in order (by length for text, so little padding is computed; callers restore the order)."""
+        n = len(self)
+        order = torch.arange(n) if self.lengths is None else torch.argsort(self.lengths, stable=True)
+        return [order[i : i + batch_size] for i in range(0, n, batch_size)]

@@ -1,0 +1,284 @@
+"""The one fold runner: every method (a head, a fusion head, an encoder tuned end to end) runs through
+:func:`run_folds`.
+
+The runner owns what every method shares: the run directory (validated and locked before any work, see
+:class:`~densattn.train.rundir.RunDirectory`), the splits (stratified k-fold, one 80/20 split, or
+leave-one-group-out), the validation split carved from each training fold, per-fold seeds (fold k uses
+``seed + k`` for its initialisation, batch order and dropout, through forked RNGs), resume (finished folds are kept,
+the interrupted one continues from its checkpoint), the training loop (:func:`~densattn.train.loop.train_model`),
+saving (adapter-only files), the k-fold summary and the plots. A method supplies only what differs, through
+:class:`Method`: ``build`` a fresh model, ``prepare`` it on a fold's training split, the ``inputs`` of examples, and
+optionally its optimiser groups and a ``finalize`` step.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from densattn.io import atomic_copy, atomic_save_file, atomic_write_json, atomic_write_text
+from densattn.train.config import TrainConfig
+from densattn.train.inputs import Inputs
+from densattn.train.loop import TrainResult, predict_logits, train_model
+from densattn.train.metrics import classification_metrics
+from densattn.train.optim import describe_groups, optimizer_groups
+from densattn.train.rundir import RunDirectory
+from densattn.train.splits import carve_validation, fold_splits
+
+__all__ = ["Fold", "Method", "run_folds", "summarize", "make_folds"]
+
+
+@dataclass
+class Fold:
+    """One fold: indices of its training, validation (carved from training) and test examples, and its seed."""
+
+    index: int
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    seed: int
+
+
+class Method:
+    """What a method supplies to :func:`run_folds`. Subclasses set :attr:`kind`, :attr:`name`, :attr:`labels`,
+    :attr:`classes` (and :attr:`groups` for leave-one-group-out) and implement :meth:`describe`, :meth:`build`,
+    :meth:`inputs`."""
+
+    kind: str  # "head" | "fusion" | "end_to_end"
+    name: str  # method name recorded in config.json and metrics.json (e.g. "daam", "lora", "fusion-ban")
+    labels: Tensor
+    classes: list[str]
+    groups: list[str] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """The method's part of ``config.json`` (options, feature shapes, encoder identity)."""
+        raise NotImplementedError
+
+    def build(self, seed: int) -> nn.Module:
+        """A freshly initialised adapter module (called under a forked RNG seeded with ``seed``)."""
+        raise NotImplementedError
+
+    def prepare(self, model: nn.Module, fold: Fold) -> None:
+        """Fit what depends on training data only (input statistics) on ``fold.train``."""
+
+    def inputs(self, index: np.ndarray) -> Inputs:
+        """Model inputs of the examples at ``index``."""
+        raise NotImplementedError
+
+    def optimizer_groups(self, model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+        """AdamW parameter groups (default: :func:`~densattn.train.optim.optimizer_groups`)."""
+        return optimizer_groups(model, lr=config.lr, weight_decay=config.weight_decay)
+
+    def finalize(self, model: nn.Module, fold: Fold) -> None:
+        """After training, before testing (e.g. a probe keeps its best layer on the validation split)."""
+
+    def fold_extras(self, model: nn.Module, initial_state: dict[str, Tensor]) -> dict[str, Any]:
+        """Extra entries of a fold's ``result.json`` (e.g. what DAAM's parameters learned)."""
+        return {}
+
+    def frozen_params(self) -> int | None:
+        """Parameters of the frozen encoder(s) the method builds on, for parameter accounting."""
+        return None
+
+
+def make_folds(labels: Tensor | np.ndarray, *, folds: int | str, config: TrainConfig, groups=None) -> list[Fold]:
+    """The folds of a run: splits by ``folds`` (k, 1 for one 80/20 split, or ``"logo"``), validation carved from
+    each training split with seed ``config.seed + k``. Every method on the same labels gets the same folds."""
+    y = np.asarray(labels)
+    logo = folds == "logo"
+    splits = fold_splits(y, folds=1 if logo else int(folds), seed=config.seed, groups=groups, leave_one_group_out=logo)
+    out = []
+    for k, (train_idx, test_idx) in enumerate(splits):
+        tr, va = carve_validation(train_idx, y, fraction=config.val_fraction, seed=config.seed + k)
+        if len(tr) < 2:
+            raise ValueError(
+                f"fold {k} keeps {len(tr)} training example(s) after carving validation; raise --max-samples or "
+                "lower --folds"
+            )
+        out.append(Fold(index=k, train=tr, val=va, test=np.asarray(test_idx), seed=config.seed + k))
+    return out
+
+
+def _build(method: Method, seed: int) -> nn.Module:
+    with torch.random.fork_rng():  # module initialisation draws from a forked RNG: no global side effect
+        torch.manual_seed(seed)
+        return method.build(seed)
+
+
+def run_folds(
+    method: Method,
+    *,
+    out: str | Path | RunDirectory,
+    train_config: TrainConfig | None = None,
+    folds: int | str = 5,
+    resume: bool = False,
+    progress: bool = False,
+    extra_config: dict[str, Any] | None = None,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Train ``method`` on every fold and write the run directory ``out``; returns the ``metrics.json`` dict.
+
+    Args:
+        method: what to train (:class:`Method`).
+        out: run directory path, or a :class:`RunDirectory` already opened (and locked) by the caller.
+        train_config: optimisation settings.
+        folds: k for stratified k-fold, 1 for one 80/20 split, or ``"logo"`` for leave-one-group-out.
+        resume: continue an interrupted run (finished folds are kept, the current one continues exactly).
+        extra_config: more entries of ``config.json`` (data spec, sample count, a display ``name``...).
+    """
+    cfg = train_config or TrainConfig()
+    run = out if isinstance(out, RunDirectory) else RunDirectory(out, resume=resume)
+    try:
+        return _run(method, run, cfg, folds, run.resume, progress, dict(extra_config or {}), plots)
+    finally:
+        if not isinstance(out, RunDirectory):
+            run.close()
+
+
+def _run(method, run: RunDirectory, cfg, folds, resume, progress, extra, plots) -> dict[str, Any]:
+    fold_list = make_folds(method.labels, folds=folds, config=cfg, groups=method.groups)
+    probe = _build(method, cfg.seed)
+    config = {
+        "kind": method.kind,
+        "method": method.name,
+        **method.describe(),
+        "train": cfg.to_dict(),
+        "optimizer_groups": describe_groups(method.optimizer_groups(probe, cfg)),
+        "folds": folds,
+        "num_examples": len(method.labels),
+        "classes": list(method.classes),
+    }
+    clash = sorted(set(extra) & (set(config) - {"feature_cache", "encoder"}))
+    if clash:
+        raise ValueError(f"extra_config may not override {clash}: the runner records them from the method itself")
+    config.update(extra)
+    del probe
+    run.write_config(config)
+    y = torch.as_tensor(method.labels, dtype=torch.long)
+    done = set(run.finished_folds()) if resume else set()
+    rows = []
+    for fold in fold_list:
+        if fold.index in done:
+            rows.append(run.fold_result(fold.index))
+            continue
+        rows.append(_train_fold(method, run, fold, y, cfg.replace(seed=fold.seed), resume, progress))
+    fold0 = run.path / "folds" / "0" / "adapter"
+    for name in ("adapter_model.safetensors", "adapter_config.json"):  # weights first, config last
+        atomic_copy(fold0 / name, run.path / name)
+    metrics = {**summarize(rows, list(method.classes)), "kind": method.kind, "method": method.name}
+    metrics["frozen_params"] = method.frozen_params()
+    reports = [r["daam_parameters"] for r in rows if "daam_parameters" in r]
+    if reports:
+        metrics["daam_parameters"] = {"per_fold_summary": [r["summary"] for r in reports], "fold0": reports[0]}
+    atomic_write_json(run.path / "metrics.json", metrics)
+    atomic_write_text(run.path / "metrics.csv", metrics_csv(rows))
+    if plots:
+        _plot(run.path, method, rows, metrics, reports)
+    return metrics
+
+
+def _train_fold(method: Method, run: RunDirectory, fold: Fold, y: Tensor, cfg: TrainConfig, resume, progress):
+    fold_dir = run.fold_dir(fold.index)
+    model = _build(method, fold.seed)
+    method.prepare(model, fold)
+    initial = model.adapter_state_dict()
+    outcome: TrainResult = train_model(
+        model,
+        method.inputs(fold.train),
+        y[fold.train],
+        method.inputs(fold.val),
+        y[fold.val],
+        cfg,
+        groups=method.optimizer_groups(model, cfg),
+        checkpoint=fold_dir / "state.pt",
+        resume=resume,
+        progress=progress,
+    )
+    method.finalize(model, fold)
+    logits = predict_logits(model, method.inputs(fold.test))
+    metrics = classification_metrics(y[fold.test].numpy(), logits.argmax(-1).numpy(), len(method.classes))
+    epochs = len(outcome.history)
+    row = {
+        "fold": fold.index,
+        **metrics,
+        "best_epoch": outcome.best_epoch,
+        "best_val_accuracy": outcome.best_score,
+        "epochs_run": epochs,
+        "train_seconds": outcome.seconds,
+        "seconds_per_epoch": outcome.seconds / max(epochs, 1),
+        "history": outcome.history,
+        "num_train": len(fold.train),
+        "num_val": len(fold.val),
+        "num_test": len(fold.test),
+        **model.parameter_counts(),
+        **method.fold_extras(model, initial),
+    }
+    model.save_pretrained(fold_dir / "adapter")
+    atomic_save_file(outcome.last_state, fold_dir / "last.safetensors")
+    atomic_write_json(fold_dir / "result.json", row, indent=None)  # last: the fold is finished
+    (fold_dir / "state.pt").unlink(missing_ok=True)
+    return row
+
+
+def summarize(rows: list[dict[str, Any]], classes: list[str]) -> dict[str, Any]:
+    """Mean ± std over folds, per-class F1, the summed confusion matrix and parameter counts."""
+    acc = np.array([r["accuracy"] for r in rows])
+    f1 = np.array([r["macro_f1"] for r in rows])
+    per_class = np.array([r["per_class_f1"] for r in rows])
+    ddof = 1 if len(acc) > 1 else 0
+    return {
+        "accuracy_mean": float(acc.mean()),
+        "accuracy_std": float(acc.std(ddof=ddof)),
+        "macro_f1_mean": float(f1.mean()),
+        "macro_f1_std": float(f1.std(ddof=ddof)),
+        "per_class_f1_mean": dict(zip(classes, per_class.mean(0).tolist())),
+        "confusion_matrix": np.sum([r["confusion_matrix"] for r in rows], axis=0).tolist(),
+        "trainable_params": rows[0]["trainable_params"],
+        "trainable_params_without_classifier": rows[0]["trainable_params_without_classifier"],
+        "seconds_per_epoch": float(np.mean([r["seconds_per_epoch"] for r in rows])),
+        "num_folds": len(rows),
+        "classes": classes,
+        "folds": [{k: v for k, v in r.items() if k not in ("history", "daam_parameters")} for r in rows],
+    }
+
+
+def metrics_csv(rows: list[dict[str, Any]]) -> str:
+    """One CSV row per fold: accuracy, macro-F1, best epoch, epochs run, seconds per epoch."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["fold", "accuracy", "macro_f1", "best_epoch", "epochs_run", "seconds_per_epoch"])
+    for r in rows:
+        writer.writerow(
+            [
+                r["fold"],
+                f"{r['accuracy']:.6f}",
+                f"{r['macro_f1']:.6f}",
+                r["best_epoch"],
+                r["epochs_run"],
+                f"{r['seconds_per_epoch']:.4f}",
+            ]
+        )
+    return buf.getvalue()
+
+
+def _plot(path: Path, method: Method, rows, metrics, reports) -> None:
+    from densattn.train.plots import plot_confusion, plot_curves
+
+    plot_curves([r["history"] for r in rows], path / "curves.png", title=f"{method.name}: training curves")
+    plot_confusion(
+        np.array(metrics["confusion_matrix"]),
+        list(method.classes),
+        path / "confusion.png",
+        title=f"{method.name}: confusion (all folds)",
+    )
+    if reports:
+        from densattn.analysis.daam_report import plot_daam_parameters
+
+        plot_daam_parameters(reports[0], path / "daam_parameters.png", title=f"{method.name}: learned DAAM (fold 0)")
