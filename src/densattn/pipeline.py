@@ -69,20 +69,16 @@ def task_features(
     data: str,
     encoder: str,
     *,
-    data_options: dict[str, Any] | None = None,
-    encoder_options: dict[str, Any] | None = None,
-    max_samples: int | None = None,
-    seed: int = 0,
     cache_dir: str | Path | None = None,
     batch_size: int = 16,
     progress: bool | None = None,
+    **task_options: Any,
 ):
-    """``(features, encoder_record, dataset)``: :func:`load_task`, then the features through the cache."""
+    """``(features, encoder_record, dataset)``: :func:`load_task` (``task_options`` are its keyword options), then the
+    features through the cache."""
     from densattn.data.cache import cached_features
 
-    dataset, model, info = load_task(
-        data, encoder, data_options=data_options, encoder_options=encoder_options, max_samples=max_samples, seed=seed
-    )
+    dataset, model, info = load_task(data, encoder, **task_options)
     features = cached_features(model, dataset, cache_dir=cache_dir, batch_size=batch_size, progress=progress)
     return features, info, dataset
 

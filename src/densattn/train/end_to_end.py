@@ -13,7 +13,6 @@ at ``ratio`` times the base learning rate (default 16); the ``A`` matrices and t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +24,6 @@ from densattn.adapters.tuners import make_tuner
 from densattn.train.config import TrainConfig
 from densattn.train.inputs import Inputs
 from densattn.train.optim import optimizer_groups
-from densattn.train.rundir import RunDirectory
 from densattn.train.runner import Fold, Method, run_folds
 
 __all__ = ["END_TO_END_METHODS", "EndToEndMethod", "run_end_to_end_experiment"]
@@ -118,49 +116,15 @@ class EndToEndMethod(Method):
 
 
 def run_end_to_end_experiment(
-    encoder,
-    items: Sequence[Any],
-    labels,
-    classes: Sequence[str],
-    *,
-    out: str | Path | RunDirectory,
-    method: str = "lora",
-    tuner_options: dict[str, Any] | None = None,
-    loraplus_ratio: float = 16.0,
-    train_config: TrainConfig | None = None,
-    folds: int | str = 5,
-    groups: Sequence[str] | None = None,
-    pooled_features: Tensor | None = None,
-    resume: bool = False,
-    progress: bool = False,
-    encoder_info: dict[str, Any] | None = None,
-    extra_config: dict[str, Any] | None = None,
-    plots: bool = True,
+    encoder, items: Sequence[Any], labels, classes: Sequence[str], *, method: str = "lora", **options: Any
 ) -> dict[str, Any]:
     """LoRA, LoRA+ or IA3 on every fold of ``items``; writes the run directory and returns its metrics.
 
-    See :class:`EndToEndMethod` for the arguments; ``folds``, ``resume``, ``extra_config`` and ``plots`` are those of
-    :func:`densattn.train.run_folds`.
+    ``options`` are those of :class:`EndToEndMethod` (``tuner_options``, ``loraplus_ratio``, ``groups``,
+    ``pooled_features``, ``encoder_info``) and of :func:`~densattn.train.run_folds` (``out`` required,
+    ``train_config``, ``folds``, ``resume``, ``progress``, ``extra_config``, ``plots``).
     """
-    end_to_end = EndToEndMethod(
-        encoder,
-        items,
-        labels,
-        classes,
-        method=method,
-        tuner_options=tuner_options,
-        loraplus_ratio=loraplus_ratio,
-        groups=groups,
-        pooled_features=pooled_features,
-        encoder_info=encoder_info,
-    )
-    return run_folds(
-        end_to_end,
-        out=out,
-        train_config=train_config,
-        folds=folds,
-        resume=resume,
-        progress=progress,
-        extra_config=extra_config,
-        plots=plots,
-    )
+    method_keys = ("tuner_options", "loraplus_ratio", "groups", "pooled_features", "encoder_info")
+    method_options = {k: options.pop(k) for k in method_keys if k in options}
+    end_to_end = EndToEndMethod(encoder, items, labels, classes, method=method, **method_options)
+    return run_folds(end_to_end, **options)

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,10 +15,8 @@ from densattn.adapters.fusion import FusionAdapter
 from densattn.adapters.head import DensityAdapterModel
 from densattn.data.cache import FeatureSet, align_feature_sets
 from densattn.heads import FUSION_METHODS, build_head
-from densattn.train.config import TrainConfig
 from densattn.train.inputs import Inputs
 from densattn.train.loop import predict_logits
-from densattn.train.rundir import RunDirectory
 from densattn.train.runner import Fold, Method, run_folds
 
 __all__ = ["FusionMethod", "HeadMethod", "run_experiment", "run_fusion_experiment"]
@@ -160,79 +157,47 @@ def run_experiment(
     features: FeatureSet,
     *,
     head: str,
-    out: str | Path | RunDirectory,
     head_options: dict[str, Any] | None = None,
-    train_config: TrainConfig | None = None,
-    folds: int | str = 5,
-    resume: bool = False,
-    progress: bool = False,
     encoder_info: dict[str, Any] | None = None,
-    extra_config: dict[str, Any] | None = None,
-    plots: bool = True,
+    **run_options: Any,
 ) -> dict[str, Any]:
     """Train ``head`` on every fold of ``features`` and write the run directory ``out``.
 
     Args:
         features: cached features (:class:`~densattn.data.cache.FeatureSet`).
         head: ``daam``, ``gqdaam``, ``mha``, ``mha_bn``, ``conv``, ``pool`` or ``linear``.
-        out: run directory; new or empty unless ``resume``.
         head_options: options of the head (e.g. ``preset``, ``num_heads``); unknown or inapplicable ones raise.
-        train_config: optimisation settings.
-        folds: k for stratified k-fold, 1 for one 80/20 split, or ``"logo"`` for leave-one-group-out.
-        resume: continue an interrupted run in ``out``.
         encoder_info: identity of the encoder (default: the one recorded in the feature cache).
+        **run_options: ``out`` (required), ``train_config``, ``folds``, ``resume``, ``progress``, ``extra_config``,
+            ``plots``: see :func:`~densattn.train.run_folds`.
 
     Returns:
         The metrics dict written to ``metrics.json``.
 
     Example:
         >>> import tempfile, torch
+        >>> from densattn.train import TrainConfig
         >>> fs = FeatureSet(torch.randn(40, 4, 6), torch.arange(40) % 2, ["a", "b"], [str(i) for i in range(40)])
         >>> m = run_experiment(fs, head="conv", out=tempfile.mkdtemp(), folds=2, plots=False,
         ...                    train_config=TrainConfig(epochs=2))
         >>> m["num_folds"], m["method"]
         (2, 'conv')
     """
-    method = HeadMethod(features, head, head_options, encoder_info)
-    return run_folds(
-        method,
-        out=out,
-        train_config=train_config,
-        folds=folds,
-        resume=resume,
-        progress=progress,
-        extra_config=extra_config,
-        plots=plots,
-    )
+    return run_folds(HeadMethod(features, head, head_options, encoder_info), **run_options)
 
 
 def run_fusion_experiment(
     feature_sets: Sequence[FeatureSet],
     *,
     method: str,
-    out: str | Path | RunDirectory,
     fusion_options: dict[str, Any] | None = None,
-    train_config: TrainConfig | None = None,
-    folds: int | str = 5,
-    resume: bool = False,
-    progress: bool = False,
     encoder_infos: Sequence[dict[str, Any]] | None = None,
-    extra_config: dict[str, Any] | None = None,
-    plots: bool = True,
+    **run_options: Any,
 ) -> dict[str, Any]:
     """Train a fusion head (``"concat"``, ``"ban"`` or ``"man"``) on every fold of the aligned feature sets.
 
     Folds, validation carving, seeds and the training loop are those of :func:`run_experiment`, so a fusion run
     and a head run on the same data are directly comparable. Groups (for ``folds="logo"``) come from the first set.
+    ``run_options`` are those of :func:`~densattn.train.run_folds` (``out`` required).
     """
-    fusion = FusionMethod(feature_sets, method, fusion_options, encoder_infos)
-    return run_folds(
-        fusion,
-        out=out,
-        train_config=train_config,
-        folds=folds,
-        resume=resume,
-        progress=progress,
-        extra_config=extra_config,
-        plots=plots,
-    )
+    return run_folds(FusionMethod(feature_sets, method, fusion_options, encoder_infos), **run_options)
