@@ -3,13 +3,25 @@
 Layout of one cache entry (``<cache_dir>/<key>/``, ``key`` = hash of the encoder identity, the dataset fingerprint,
 the dtype and the pooling)::
 
-    manifest.json              encoder identity + weights hash, pooling, dataset name/fingerprint, dtype, shapes,
-                               classes, ids, labels, groups, and the sha256 of every shard; written last, atomically
-    progress.json              shards finished so far (an interrupted extraction resumes from here)
-    shard-00000.safetensors    {"features": (n, L, d)}
+    manifest.json                         encoder identity + weights hash, pooling, dataset name/fingerprint, dtype,
+                                          shapes, classes, and every shard with its first example and sha256;
+                                          written last, atomically
+    shard-000000000-000000048.safetensors {"features": (48, L, d)}: examples 0..47
+    shard-000000000-000000048.json        that shard's sha256, range and encoder batch size (written after it)
+
+Shards are named by the examples they hold, on a grid that depends only on the number of examples and the encoder
+batch size (:func:`shard_ranges`: about 64 shards, each a whole number of encoder batches, at most 1024 examples),
+so an interrupted extraction loses at most one shard's work per process and resumes from the shards whose hashes
+verify, with any number of processes. Every batch holds the same examples whoever encodes it, so the features are
+the same whether one process or many wrote the cache.
 
 A cache is used only when the manifest matches what is asked for and every shard exists with its recorded hash and
 shape; otherwise (stale, partial or corrupt) it is rebuilt with a warning, never silently reused.
+
+Under ``torchrun`` (:mod:`densattn.distributed`) every rank calls :func:`cached_features`: the ranks first check
+that they share the cache directory and agree on what they extract, each rank encodes its share of the missing
+shards, and rank 0 verifies every shard and only then writes the manifest, so a rank killed mid-extraction leaves
+no manifest that points at a missing or partial shard.
 """
 
 from __future__ import annotations
@@ -17,8 +29,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,12 +40,17 @@ import torch
 from safetensors.torch import load_file
 
 from densattn.data.dataset import LabeledDataset
-from densattn.io import atomic_save_file, atomic_write_text
+from densattn.distributed import Distributed, current
+from densattn.io import atomic_save_file, atomic_write_json, atomic_write_text, remove_stale_temp_files
 
-SHARD_SIZE = 1024
+#: most examples in one shard
+MAX_SHARD_SIZE = 1024
+#: about this many shards per cache entry (fewer when the data is smaller than that many encoder batches)
+TARGET_SHARDS = 64
 FORMAT_VERSION = 1
+_SHARD_FILE = re.compile(r"^shard-\d+(-\d+)?\.(safetensors|json)$")
 
-__all__ = ["FeatureSet", "align_feature_sets", "cached_features", "default_cache_dir"]
+__all__ = ["FeatureSet", "align_feature_sets", "cached_features", "default_cache_dir", "shard_ranges"]
 
 
 def default_cache_dir() -> Path:
@@ -47,6 +65,30 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def shard_ranges(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """The cache's shards as ``(start, stop)`` example ranges: about ``n / 64`` examples each, rounded up to whole
+    encoder batches, at least one batch and at most 1024 examples (or one batch when a batch is larger).
+
+    The grid depends only on ``n`` and ``batch_size``, never on the number of processes, so every process count
+    writes (and resumes) the same shards.
+
+    Example:
+        >>> shard_ranges(100, 16)
+        [(0, 16), (16, 32), (32, 48), (48, 64), (64, 80), (80, 96), (96, 100)]
+        >>> len(shard_ranges(5000, 16)), shard_ranges(5000, 16)[0]
+        (63, (0, 80))
+    """
+    if n < 0 or batch_size < 1:
+        raise ValueError(f"need n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+    target = min(MAX_SHARD_SIZE, -(-n // TARGET_SHARDS))
+    size = -(-max(target, 1) // batch_size) * batch_size  # whole batches
+    return [(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def _shard_name(start: int, stop: int) -> str:
+    return f"shard-{start:09d}-{stop:09d}"
 
 
 @dataclass
@@ -101,11 +143,6 @@ def _verify(entry: Path, spec: dict[str, Any], n: int) -> tuple[dict[str, Any] |
     return manifest, ""
 
 
-def _iter_batches(n: int, start: int, stop: int, batch_size: int) -> Iterator[range]:
-    for i in range(start, min(stop, n), batch_size):
-        yield range(i, min(i + batch_size, stop, n))
-
-
 def cached_features(
     encoder,
     dataset: LabeledDataset,
@@ -114,6 +151,7 @@ def cached_features(
     batch_size: int = 16,
     progress: bool | None = None,
     dtype: torch.dtype = torch.float32,
+    dist: Distributed | None = None,
 ) -> FeatureSet:
     """Features of ``dataset`` under ``encoder``, from the cache when it is valid, else extracted and cached.
 
@@ -121,28 +159,46 @@ def cached_features(
         encoder: an :class:`~densattn.encoders.EncoderAdapter` (``identity()``, ``encode()``).
         dataset: the examples.
         cache_dir: cache root (default :func:`default_cache_dir`).
-        batch_size: encoder batch size.
-        progress: show a progress bar (default: only when stderr is a terminal).
+        batch_size: encoder batch size (also sets the shard grid, :func:`shard_ranges`).
+        progress: show a progress bar (default: only when stderr is a terminal; only rank 0 shows one).
         dtype: storage dtype of the features (float32 or float16).
+        dist: the ranks that extract together (default :func:`densattn.distributed.current`: every rank of a
+            ``torchrun`` job calls this function; one process otherwise).
 
     Returns:
-        A :class:`FeatureSet` with ``features (N, num_layers, dim)`` in float32.
+        A :class:`FeatureSet` with ``features (N, num_layers, dim)`` in float32 (the whole dataset on every rank).
+
+    Raises:
+        ValueError: a bad argument, an encoder that returns a wrong shape or non-finite features, ranks that ask for
+            different data, or a cache directory that the ranks do not share.
+
+    Example:
+        >>> import tempfile
+        >>> from densattn.data.dataset import LabeledDataset
+        >>> class Lengths:  # a stand-in encoder: (B, 1, 1) text lengths
+        ...     def identity(self): return {"encoder": "lengths"}
+        ...     def encode(self, batch): return torch.tensor([[[float(len(t))]] for t in batch])
+        >>> data = LabeledDataset("demo", "text", ["a", "b"], ["x", "yy", "zzz"], [0, 1, 0], ["0", "1", "2"])
+        >>> cached_features(Lengths(), data, cache_dir=tempfile.mkdtemp()).features.flatten().tolist()
+        [1.0, 2.0, 3.0]
     """
     if dtype not in (torch.float32, torch.float16):
         raise ValueError(f"dtype must be torch.float32 or torch.float16, got {dtype}")
     if len(dataset) == 0:
         raise ValueError(f"dataset {dataset.name!r} has no examples; check the data spec or max_samples")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    ctx = dist if dist is not None else current()
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     identity = encoder.identity()
     key, spec = _key(identity, dataset.fingerprint(), str(dtype).replace("torch.", ""))
     entry = root / key
     n = len(dataset)
-    manifest, reason = _verify(entry, spec, n)
+    ctx.check_same((key, n, batch_size), "feature cache entry (encoder, data, --max-samples or --batch-size-encode)")
+    ctx.check_shared_directory(root, "--cache-dir")
+    manifest = ctx.run_on_main(lambda: _usable_manifest(entry, spec, n))
     if manifest is None:
-        if entry.exists() and reason != "no manifest (partial extraction)":
-            warnings.warn(f"feature cache {entry} is not usable ({reason}); rebuilding it", stacklevel=2)
-            (entry / "manifest.json").unlink(missing_ok=True)
-        manifest = _extract(encoder, dataset, entry, spec, batch_size, progress, dtype)
+        manifest = _extract(encoder, dataset, entry, spec, batch_size, progress, dtype, ctx)
     shards = [load_file(str(entry / s["file"]))["features"] for s in manifest["shards"]]
     features = torch.cat(shards).float()
     expected = (n, manifest["num_layers"], manifest["dim"])
@@ -158,67 +214,128 @@ def cached_features(
     )
 
 
-def _extract(encoder, dataset, entry: Path, spec, batch_size, progress, dtype) -> dict[str, Any]:
+def _usable_manifest(entry: Path, spec: dict[str, Any], n: int) -> dict[str, Any] | None:
+    """The verified manifest, or ``None`` after removing a stale or corrupt one (with a warning)."""
+    manifest, reason = _verify(entry, spec, n)
+    if manifest is None and entry.exists() and reason != "no manifest (partial extraction)":
+        warnings.warn(f"feature cache {entry} is not usable ({reason}); rebuilding it", stacklevel=3)
+        (entry / "manifest.json").unlink(missing_ok=True)
+    return manifest
+
+
+def _finished_shard(entry: Path, start: int, stop: int, batch_size: int, dtype: str) -> dict[str, Any] | None:
+    """The manifest record of shard ``start:stop`` when it was written with this batch size and dtype and its
+    hash verifies, else ``None``."""
+    name = _shard_name(start, stop)
+    try:
+        record = json.loads((entry / f"{name}.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    expected = {"file": f"{name}.safetensors", "start": start, "count": stop - start}
+    if any(record.get(k) != v for k, v in expected.items()) or record.get("batch_size") != batch_size:
+        return None
+    if record.get("dtype") != dtype:
+        return None
+    path = entry / record["file"]
+    if not path.exists() or _sha256(path) != record.get("sha256"):
+        return None
+    return record
+
+
+def _extract(encoder, dataset, entry: Path, spec, batch_size, progress, dtype, ctx: Distributed) -> dict[str, Any]:
+    n = len(dataset)
+    ranges = shard_ranges(n, batch_size)
+    dtype_name = spec["dtype"]
+
+    def plan() -> list[tuple[int, int]]:
+        entry.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(entry, recursive=False)  # temporaries of killed writers
+        return [r for r in ranges if _finished_shard(entry, *r, batch_size, dtype_name) is None]
+
+    pending = ctx.run_on_main(plan)  # rank 0 verifies the shards that exist; every rank gets the same plan
+    mine = ctx.share(pending)
+    show = (progress if progress is not None else _stderr_is_tty()) and ctx.is_main
+    ctx.run_all(lambda: _encode_shards(encoder, dataset, entry, mine, batch_size, dtype, show, ctx, len(pending)))
+    return ctx.run_on_main(lambda: _write_manifest(dataset, entry, spec, ranges, batch_size))
+
+
+def _encode_shards(encoder, dataset, entry, ranges, batch_size, dtype, show, ctx, num_pending) -> None:
     from tqdm.auto import tqdm
 
-    entry.mkdir(parents=True, exist_ok=True)
-    n = len(dataset)
-    progress_path = entry / "progress.json"
-    done: list[dict[str, Any]] = []
-    if progress_path.exists():  # resume an interrupted extraction: keep the shards that verify
-        try:
-            state = json.loads(progress_path.read_text())
-            if state.get("spec") == json.loads(json.dumps(spec, default=str)):
-                for shard in state.get("shards", []):
-                    path = entry / shard["file"]
-                    if path.exists() and _sha256(path) == shard["sha256"]:
-                        done.append(shard)
-                    else:
-                        break
-        except (OSError, json.JSONDecodeError):
-            done = []
-    show = progress if progress is not None else _stderr_is_tty()
+    from densattn.encoders.base import EncoderAdapter
+
+    on_device = isinstance(encoder, EncoderAdapter)  # keep a shard's batches on the encoder's device until it ends
+    suffix = f" (rank {ctx.rank}/{ctx.world_size}: {len(ranges)} of {num_pending} shards)" if ctx.enabled else ""
     bar = tqdm(
-        total=n,
-        desc=f"extract {dataset.name} with {spec['encoder'].get('encoder')}",
+        total=sum(stop - start for start, stop in ranges),
+        desc=f"extract {dataset.name} with {encoder.identity().get('encoder')}{suffix}",
         disable=not show,
         unit="ex",
-        initial=sum(s["count"] for s in done),
     )
-    num_layers = dim = None
-    for index in range(len(done), (n + SHARD_SIZE - 1) // SHARD_SIZE):
-        start, stop = index * SHARD_SIZE, min((index + 1) * SHARD_SIZE, n)
+    for start, stop in ranges:
         parts = []
-        for batch in _iter_batches(n, start, stop, batch_size):
-            items = [dataset.load(i) for i in batch]
-            feats = encoder.encode(items)
+        for i in range(start, stop, batch_size):
+            items = [dataset.load(j) for j in range(i, min(i + batch_size, stop))]
+            feats = encoder.encode(items, to_cpu=False) if on_device else encoder.encode(items)
             if feats.dim() != 3 or feats.shape[0] != len(items):
                 raise ValueError(f"encoder returned shape {tuple(feats.shape)}; expected (batch, layers, dim)")
-            if not torch.isfinite(feats).all():
-                raise ValueError(f"encoder produced non-finite features for examples {batch.start}..{batch.stop - 1}")
-            parts.append(feats.to(dtype))
+            parts.append(feats)
             bar.update(len(items))
         shard = torch.cat(parts)
-        name = f"shard-{index:05d}.safetensors"
-        atomic_save_file({"features": shard}, entry / name)
-        done.append({"file": name, "count": int(shard.shape[0]), "sha256": _sha256(entry / name)})
-        atomic_write_text(progress_path, json.dumps({"spec": spec, "shards": done}, default=str))
+        finite = torch.isfinite(shard).flatten(1).all(1)  # one device sync per shard, not per batch
+        if not bool(finite.all()):
+            bad = start + int((~finite).nonzero()[0, 0])
+            raise ValueError(f"encoder produced non-finite features for example {bad} ({dataset.ids[bad]!r})")
+        shard = shard.to(device="cpu", dtype=dtype)
+        name = _shard_name(start, stop)
+        atomic_save_file({"features": shard}, entry / f"{name}.safetensors")
+        record = {
+            "file": f"{name}.safetensors",
+            "start": start,
+            "count": stop - start,
+            "sha256": _sha256(entry / f"{name}.safetensors"),
+            "batch_size": batch_size,
+            "dtype": str(dtype).replace("torch.", ""),
+            "num_layers": int(shard.shape[1]),
+            "dim": int(shard.shape[2]),
+        }
+        atomic_write_json(entry / f"{name}.json", record)  # after the shard: a record means a complete shard
     bar.close()
-    first = load_file(str(entry / done[0]["file"]))["features"]
-    num_layers, dim = int(first.shape[1]), int(first.shape[2])
+
+
+def _write_manifest(dataset, entry: Path, spec, ranges, batch_size) -> dict[str, Any]:
+    """Verify every shard (whichever rank wrote it), then write the manifest (atomically) and remove files of other
+    shard grids."""
+    records = []
+    for start, stop in ranges:
+        record = _finished_shard(entry, start, stop, batch_size, spec["dtype"])
+        if record is None:
+            raise ValueError(
+                f"feature cache {entry}: shard {_shard_name(start, stop)} is missing or does not verify after "
+                "extraction (was the cache directory changed by another process?); run the extraction again"
+            )
+        records.append(record)
+    shapes = {(r["num_layers"], r["dim"]) for r in records}
+    if len(shapes) != 1:
+        raise ValueError(f"feature cache {entry}: shards hold different (layers, dim) {sorted(shapes)}; delete it")
+    num_layers, dim = shapes.pop()
     manifest = {
         **spec,
         "dataset": dataset.name,
         "modality": dataset.modality,
-        "num_examples": n,
+        "num_examples": len(dataset),
         "num_layers": num_layers,
         "dim": dim,
         "pooling": spec["encoder"].get("pooling", "mean-masked"),
         "classes": list(dataset.classes),
-        "shards": done,
+        "batch_size": batch_size,
+        "shards": [{k: r[k] for k in ("file", "start", "count", "sha256")} for r in records],
     }
     atomic_write_text(entry / "manifest.json", json.dumps(manifest, indent=1, default=str))
-    progress_path.unlink(missing_ok=True)
+    keep = {r["file"] for r in records} | {r["file"].replace(".safetensors", ".json") for r in records}
+    for path in entry.iterdir():  # shards of an earlier grid (another batch size, an older layout)
+        if (_SHARD_FILE.match(path.name) and path.name not in keep) or path.name == "progress.json":
+            path.unlink(missing_ok=True)
     return json.loads(json.dumps(manifest, default=str))
 
 
