@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from densattn.adapters.base import AdapterConfig, AdapterMixin
 from densattn.adapters.tuners import LoraTuner, encoder_kind, make_tuner
+from densattn.distributed import to_device
 from densattn.encoders.base import EncoderAdapter, masked_mean
 
 __all__ = ["PeftClassifier", "PeftClassifierConfig", "slice_inputs"]
@@ -171,13 +172,14 @@ class PeftClassifier(AdapterMixin, nn.Module):
     def pooled(self, inputs: dict[str, Tensor]) -> Tensor:
         """Last-layer pooled features ``(B, dim)`` (differentiable through the LoRA matrices)."""
         device = self.classifier.weight.device
-        inputs = {k: v.to(device) for k, v in inputs.items()}
+        if self.kind == "text" and inputs["attention_mask"].device.type == "cpu":
+            width = int(inputs["attention_mask"].sum(1).max())  # trim columns that are padding for the whole batch
+            inputs = {k: v[:, :width] for k, v in inputs.items()}  # (on the CPU: no device sync)
+        inputs = {k: to_device(v, device) for k, v in inputs.items()}
         if self.kind == "text":
             mask = inputs["attention_mask"].bool()  # (B, T)
-            width = int(mask.sum(1).max())  # trim columns that are padding for the whole batch
-            inputs = {k: v[:, :width] for k, v in inputs.items()}
             hidden = self.backbone(**inputs).last_hidden_state  # (B, T, D)
-            return masked_mean(hidden[:, None], mask[:, :width])[:, 0]  # (B, D)
+            return masked_mean(hidden[:, None], mask)[:, 0]  # (B, D)
         if self.kind == "whisper":
             hidden = self.backbone(inputs["input_features"]).last_hidden_state  # (B, T, D), final layer norm
             return masked_mean(hidden[:, None], inputs["mask"])[:, 0]  # (B, D)

@@ -25,7 +25,16 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-__all__ = ["EncoderAdapter", "Modality", "freeze", "masked_mean", "state_dict_sha256", "zero_pad_last"]
+from densattn.distributed import to_device
+
+__all__ = [
+    "EncoderAdapter",
+    "Modality",
+    "freeze",
+    "masked_mean",
+    "state_dict_sha256",
+    "zero_pad_last",
+]
 
 Modality = Literal["text", "image", "audio"]
 
@@ -41,17 +50,18 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
         ``(B, L, D)`` float32.
 
     Raises:
-        ValueError: if an example has no valid position, or the shapes disagree.
+        ValueError: if an example has no valid position (checked when ``mask`` is on the CPU: on a GPU the check
+            would stall the device every batch, so such a row pools to zeros there), or the shapes disagree.
     """
     hidden = hidden.float()
     if mask is None:
         return hidden.mean(dim=2)
     if mask.shape != (hidden.shape[0], hidden.shape[2]):
         raise ValueError(f"mask has shape {tuple(mask.shape)}, expected (B, T) = {(hidden.shape[0], hidden.shape[2])}")
-    mask = mask.to(device=hidden.device, dtype=torch.bool)
-    counts = mask.sum(dim=1)  # (B,)
-    if bool((counts == 0).any()):
+    if mask.device.type == "cpu" and bool((mask.sum(dim=1) == 0).any()):
         raise ValueError("an example has no valid token/frame to pool; pass non-empty inputs")
+    mask = to_device(mask, hidden.device).bool()
+    counts = mask.sum(dim=1).clamp_min(1)  # (B,)
     weights = mask.to(hidden.dtype)[:, None, :, None]  # (B, 1, T, 1)
     # where() rather than multiply: padding holding inf/NaN must not leak into the sum.
     zero = torch.zeros((), dtype=hidden.dtype, device=hidden.device)
@@ -139,20 +149,23 @@ class EncoderAdapter(torch.nn.Module):
         return next(self.raw_model().parameters()).device
 
     @torch.no_grad()
-    def encode(self, batch: Sequence[Any]) -> torch.Tensor:
+    def encode(self, batch: Sequence[Any], *, to_cpu: bool = True) -> torch.Tensor:
         """Encode one batch of raw examples.
 
         Args:
             batch: texts (str), images (uint8 ``(H, W, 3)`` / ``(H, W)`` arrays, PIL images or paths) or
                 waveforms (float ``(T,)`` arrays at the encoder's sample rate), as the modality requires.
+            to_cpu: return the features on the CPU (default); ``False`` leaves them on the encoder's device, so a
+                caller gathering many batches (the feature cache) copies them back once, without stalling the
+                device after every batch.
 
         Returns:
-            ``(B, num_layers, dim)`` float32 on the CPU.
+            ``(B, num_layers, dim)`` float32 (on the CPU unless ``to_cpu=False``).
         """
         if isinstance(batch, (str, np.ndarray)) or not len(batch):
             raise ValueError("batch must be a non-empty list of examples; wrap a single example as [example]")
-        features = self._encode(list(batch))
-        return features.float().cpu()
+        features = self._encode(list(batch)).float()
+        return features.cpu() if to_cpu else features
 
     def forward(self, batch: Sequence[Any]) -> torch.Tensor:
         """Same as :meth:`encode`."""

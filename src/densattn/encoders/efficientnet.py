@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from densattn.distributed import to_device
+
 from .base import EncoderAdapter, freeze, zero_pad_last
 from .inputs import center_crop_resize, to_rgb_uint8
 
@@ -193,19 +195,19 @@ class EfficientNetLite0Encoder(EncoderAdapter):
         }
 
     def preprocess(self, batch: list[Any]) -> torch.Tensor:
-        """Images -> normalised ``(B, 3, S, S)`` float32: RGB, resize + centre crop, ``(x - 127) / 128``."""
+        """Images -> normalised ``(B, 3, S, S)`` float32 on the CPU: RGB, resize + centre crop, ``(x - 127) / 128``."""
         arrays = [
             center_crop_resize(to_rgb_uint8(item), self.image_size, crop_fraction=self.crop_fraction) for item in batch
         ]
         x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()  # (B, 3, S, S)
-        return ((x - 127.0) / 128.0).to(self.device)
+        return (x - 127.0) / 128.0
 
     def _encode(self, batch: list[Any]) -> torch.Tensor:
-        outputs = self.model(self.preprocess(batch))
+        outputs = self.model(to_device(self.preprocess(batch), self.device))
         pooled = [h.mean(dim=(2, 3)) for h in outputs]  # each (B, C_l): every pixel counts, no padding
         return zero_pad_last(pooled, self.dim)
 
     @torch.no_grad()
     def classify(self, batch: list[Any]) -> torch.Tensor:
         """ImageNet-1k class probabilities ``(B, 1000)`` (the sanity-check path)."""
-        return self.model.classify(self.preprocess(batch)).softmax(dim=-1).cpu()
+        return self.model.classify(to_device(self.preprocess(batch), self.device)).softmax(dim=-1).cpu()

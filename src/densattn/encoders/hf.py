@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoModel, AutoTokenizer
 
+from densattn.distributed import to_device
+
 from .base import EncoderAdapter, Modality, freeze, masked_mean, zero_pad_last
 from .inputs import to_rgb_uint8, to_waveform
 
@@ -143,7 +145,7 @@ class HFEncoder(EncoderAdapter):
 
     def _run(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         device = next(self.model.parameters()).device
-        inputs = {k: v.to(device) for k, v in inputs.items()}
+        inputs = {k: to_device(v, device) for k, v in inputs.items()}
         out = self.model(**inputs, output_hidden_states=True)
         if getattr(out, "hidden_states", None) is None:
             raise ValueError(f"model {self.name!r} returned no hidden_states; pick a model that supports them")

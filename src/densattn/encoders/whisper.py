@@ -36,6 +36,8 @@ import torch
 from transformers import WhisperConfig, WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from densattn.distributed import to_device
+
 from .base import EncoderAdapter, freeze, masked_mean
 from .ctranslate2 import read_ctranslate2_model
 from .inputs import to_waveform
@@ -167,7 +169,7 @@ class WhisperTinyEncoder(EncoderAdapter):
 
     def preprocess(self, batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Waveforms -> log-mel ``(B, 80, 100 * window)`` and the valid encoder-frame mask ``(B, 50 *
-        window)``."""
+        window)``, both on the CPU."""
         waves = [to_waveform(item, self.sample_rate) for item in batch]
         out = self.feature_extractor(
             waves,
@@ -181,7 +183,7 @@ class WhisperTinyEncoder(EncoderAdapter):
         valid = (mel_frames + 1) // 2  # conv2 has stride 2: one encoder frame per two mel frames
         positions = torch.arange(self.num_positions)
         mask = positions[None, :] < valid[:, None]  # (B, 50 * window)
-        return mel.to(self.device), mask
+        return mel, mask
 
     def hidden_states(self, mel: torch.Tensor) -> torch.Tensor:
         """All hidden states stacked: ``(B, num_layers, T, 384)``."""
@@ -190,4 +192,4 @@ class WhisperTinyEncoder(EncoderAdapter):
 
     def _encode(self, batch: list[Any]) -> torch.Tensor:
         mel, mask = self.preprocess(batch)
-        return masked_mean(self.hidden_states(mel), mask)
+        return masked_mean(self.hidden_states(to_device(mel, self.device)), mask)

@@ -2,7 +2,8 @@
 
 :class:`Inputs` knows how to cut itself into batches: shuffled slices for training, or — for text, where
 ``lengths`` are given — batches of similar length (within pools of 16 batches, then shuffled), so little compute
-goes to padding; and how to move a batch to a device (pinned memory and non-blocking copies on CUDA).
+goes to padding; and how to move a batch to a device (the whole inputs once when they fit, else each batch through
+pinned memory with a non-blocking copy).
 
 Example:
     >>> import torch
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from densattn.distributed import to_device
 
 __all__ = ["Inputs"]
 
@@ -52,23 +55,41 @@ class Inputs:
         data = {k: v[index] for k, v in self.data.items()} if isinstance(self.data, dict) else self.data[index]
         return Inputs(data, None if self.lengths is None else self.lengths[index])
 
-    def batch(self, index: Tensor, device: torch.device | str = "cpu") -> Tensor | dict[str, Tensor]:
-        """Rows ``index`` on ``device`` (through pinned memory with a non-blocking copy on CUDA). Text batches are
-        trimmed to the longest sequence in the batch."""
-        device = torch.device(device)
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the input tensors."""
+        return sum(t.numel() * t.element_size() for t in self._tensors())
 
-        def move(t: Tensor) -> Tensor:
-            if device.type == "cuda":
-                return t.pin_memory().to(device, non_blocking=True)
-            return t.to(device)
+    def to(self, device: torch.device | str, *, max_bytes: int = 1 << 30) -> Inputs:
+        """These inputs with their tensors moved to ``device`` once, when they fit in ``max_bytes``: every batch is
+        then cut on the device, with no host-to-device copy in the training loop. Larger inputs stay on the host and
+        each batch travels through pinned memory (:meth:`batch`). ``lengths`` stay on the CPU: they decide batches
+        and trimming without a device sync."""
+        device = torch.device(device)
+        if device.type == "cpu" or self.nbytes > max_bytes:
+            return self
+        data = {k: v.to(device) for k, v in self.data.items()} if isinstance(self.data, dict) else self.data.to(device)
+        return Inputs(data, self.lengths)
+
+    def batch(self, index: Tensor, device: torch.device | str = "cpu") -> Tensor | dict[str, Tensor]:
+        """Rows ``index`` on ``device``: cut on the device when the inputs live there (:meth:`to`), else through
+        pinned memory with a non-blocking copy on CUDA. Text batches are trimmed to the longest sequence in the
+        batch (from the CPU ``lengths``)."""
+        device = torch.device(device)
+        width = None if self.lengths is None else int(self.lengths[index].max())
+
+        def rows(name: str | None, t: Tensor) -> Tensor:
+            if t.device.type != "cpu":
+                t = t[index.to(t.device, non_blocking=True)]
+            else:
+                t = t[index]
+            if width is not None and name not in (None, "pixel_values") and t.dim() >= 2:
+                t = t[:, :width]
+            return to_device(t, device) if t.device.type == "cpu" else t.to(device)
 
         if not isinstance(self.data, dict):
-            return move(self.data[index])
-        rows = {k: v[index] for k, v in self.data.items()}
-        if self.lengths is not None:
-            width = int(self.lengths[index].max())
-            rows = {k: v[:, :width] if v.dim() >= 2 and k != "pixel_values" else v for k, v in rows.items()}
-        return {k: move(v) for k, v in rows.items()}
+            return rows(None, self.data)
+        return {k: rows(k, v) for k, v in self.data.items()}
 
     def train_batches(self, batch_size: int, generator: torch.Generator) -> list[Tensor]:
         """Shuffled mini-batches covering every example once. A trailing batch of a single example joins the
