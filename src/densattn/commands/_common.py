@@ -71,6 +71,7 @@ def check_data_arguments(args: argparse.Namespace) -> None:
 
 def task_from_args(args: argparse.Namespace):
     """``(dataset, encoder, encoder_record)`` of the data arguments."""
+    from densattn.distributed import local_device
     from densattn.pipeline import load_task
 
     check_data_arguments(args)
@@ -81,6 +82,7 @@ def task_from_args(args: argparse.Namespace):
         encoder_options=parse_options(args.encoder_option, "--encoder-option"),
         max_samples=args.max_samples,
         seed=args.seed,
+        device=local_device(getattr(args, "device", None) or "cpu"),  # this rank's GPU under torchrun
     )
 
 

@@ -247,6 +247,10 @@ def run(args) -> int:
             metrics = _train_head(args, run_dir, dataset, encoder, head_options, config, folds, extra)
         else:
             metrics = _train_end_to_end(args, run_dir, dataset, encoder, info, tuner_options, config, folds, extra)
+    from densattn.distributed import current
+
+    if not current().is_main:  # under torchrun every rank trains; one reports
+        return 0
     print(
         f"{metrics['method']}: accuracy {metrics['accuracy_mean']:.3f} ± {metrics['accuracy_std']:.3f}, "
         f"macro-F1 {metrics['macro_f1_mean']:.3f}, trainable params {metrics['trainable_params']:,} -> {args.out}"

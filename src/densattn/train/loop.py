@@ -5,6 +5,12 @@ stopping, gradient clipping after unscaling, mixed precision on CUDA, an atomic 
 exact resume from it. The loop has no global side effects: randomness (batch order, dropout) comes from a local
 generator and a forked RNG seeded with ``config.seed``, and the model stays on the device it was trained on.
 
+Data-parallel training (``dist=`` a :class:`~densattn.distributed.Distributed` of several ranks, under ``torchrun``):
+every rank draws the same batch order, takes its contiguous part of every batch and runs the model wrapped in
+``DistributedDataParallel``, which averages the gradients; each rank's loss is weighted by its share of the batch,
+so the update is that of the whole batch's mean loss. Validation is split across the ranks the same way. Rank 0
+writes the checkpoint (with every rank's RNG state); resuming needs the same number of ranks.
+
 Checkpoints hold tensors and plain values only and are read with ``torch.load(weights_only=True)``, so a run
 directory from someone else cannot run code on this machine.
 """
@@ -20,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from densattn.distributed import Distributed, rank_seed
 from densattn.io import atomic_torch_save
 from densattn.train.config import TrainConfig
 from densattn.train.inputs import Inputs
@@ -73,18 +80,28 @@ def _device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, inputs: Inputs | Tensor, *, batch_size: int = 256) -> Tensor:
-    """Logits of ``model`` (eval mode) for every example of ``inputs``, in order, as float32 on the CPU."""
+def predict_logits(
+    model: nn.Module, inputs: Inputs | Tensor, *, batch_size: int = 256, dist: Distributed | None = None
+) -> Tensor:
+    """Logits of ``model`` (eval mode) for every example of ``inputs``, in order, as float32 on the CPU.
+
+    With ``dist`` of several ranks, each rank predicts every ``world_size``-th batch and every rank gets all logits
+    (the batches are the same as in one process, so are the logits). Logits stay on the device until the end: one
+    copy to the host, not one per batch.
+    """
     inputs = inputs if isinstance(inputs, Inputs) else Inputs(inputs)
     model.eval()
     device = _device(model)
-    parts, order = [], []
-    for index in inputs.eval_batches(batch_size):
-        parts.append(model(inputs.batch(index, device)).float().cpu())
-        order.append(index)
-    logits = torch.cat(parts)
+    batches = inputs.eval_batches(batch_size)
+    mine = dist.share(batches) if dist is not None else batches
+    parts = [model(inputs.batch(index, device)).float() for index in mine]
+    order = torch.cat(mine) if mine else torch.zeros(0, dtype=torch.long)
+    logits = torch.cat(parts).cpu() if parts else None
+    if dist is not None and dist.enabled:
+        gathered = [(o, l) for o, l in dist.all_gather((order, logits)) if l is not None]
+        order, logits = torch.cat([o for o, _ in gathered]), torch.cat([l for _, l in gathered])
     out = torch.empty_like(logits)
-    out[torch.cat(order)] = logits
+    out[order] = logits
     return out
 
 
@@ -135,6 +152,7 @@ def train_model(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     progress: bool = False,
+    dist: Distributed | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train`` with model selection on ``val``; the model is left holding the best state.
 
@@ -147,9 +165,12 @@ def train_model(
         checkpoint: where to save the full training state after every epoch (atomically).
         resume: continue from ``checkpoint`` when it exists: the result equals an uninterrupted run.
         progress: show a progress bar.
+        dist: train data-parallel over these ranks (every rank calls this with the same arguments; see the module
+            docstring); ``None`` trains in this process alone.
 
     Raises:
-        ValueError: empty splits, or a model that cannot train with these settings.
+        ValueError: empty splits, a model that cannot train with these settings, fewer examples per batch than
+            ranks, or a checkpoint written by another number of ranks.
         NonFiniteLossError: the loss or a parameter became NaN/inf (lower the learning rate); nothing of the
             failing epoch is saved.
     """
@@ -162,8 +183,16 @@ def train_model(
     if len(train) != len(train_y) or len(val) != len(val_y):
         raise ValueError("inputs and labels must have the same number of examples")
     _check_trainable(model, config)
+    dist = dist if dist is not None and dist.enabled else None
+    if dist is not None and config.batch_size < dist.world_size:
+        raise ValueError(
+            f"--batch-size {config.batch_size} is smaller than the {dist.world_size} ranks that share every batch; "
+            f"use --batch-size {dist.world_size} or more"
+        )
     device = torch.device(config.device)
     model.to(device)
+    net = dist.data_parallel(model) if dist is not None else model
+    train, val = train.to(device), val.to(device)  # resident on the GPU when they fit: no copies per batch
     train_y, val_y = train_y.to(device), val_y.cpu()
     use_amp = config.amp and device.type == "cuda"  # mixed precision on GPU; plain float32 on CPU
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
@@ -178,42 +207,56 @@ def train_model(
     history: list[dict[str, float]] = []
     best: dict[str, Any] = {"score": -1.0, "epoch": 0, "state": _state(model)}
     bad_epochs, start_epoch, seconds_before = 0, 0, 0.0
-    devices = [device.index or 0] if device.type == "cuda" else []
+    devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    )
     path = Path(checkpoint) if checkpoint is not None else None
+    rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
     with torch.random.fork_rng(devices=devices):  # dropout draws from a forked RNG: no global side effect
-        torch.manual_seed(config.seed)
+        torch.manual_seed(rank_seed(config.seed, rank))  # ranks drop out differently; rank 0 as one process
         if resume and path is not None and path.exists():
             state = load_checkpoint(path)
+            if state.get("world_size", 1) != world:
+                raise ValueError(
+                    f"--resume: {path} was written by a run on {state.get('world_size', 1)} rank(s), this one has "
+                    f"{world}; resume with the same number of processes (torchrun --nproc-per-node ...), since "
+                    "another count splits every batch differently and could not continue the run exactly"
+                )
             _load_state(model, state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
             generator.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
-            if devices and state.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(state["cuda_rng"], device)
+            cpu_rng, cuda_rng = state.get("rank_rng", [(state["torch_rng"], state.get("cuda_rng"))])[rank]
+            torch.set_rng_state(cpu_rng)
+            if devices and cuda_rng is not None:
+                torch.cuda.set_rng_state(cuda_rng, device)
             history, bad_epochs, start_epoch = state["history"], state["bad_epochs"], state["epoch"]
             best = {"score": state["best_score"], "epoch": state["best_epoch"], "state": state["best_state"]}
             seconds_before = state.get("seconds", 0.0)
         t0 = time.perf_counter()
-        bar = tqdm(range(start_epoch, config.epochs), desc="train", disable=not progress, leave=False)
+        bar = tqdm(range(start_epoch, config.epochs), desc="train", disable=not progress or rank > 0, leave=False)
         for epoch in bar:
             if bad_epochs >= config.early_stopping:
                 break
             model.train()
             total = torch.zeros((), device=device)
             for idx in train.train_batches(config.batch_size, generator):
+                idx, weight = dist.batch_share(idx) if dist is not None else (idx, 1.0)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                    logits = model(train.batch(idx, device))
-                    loss = classification_loss(logits.float(), train_y[idx.to(device)], config.loss, **focal)
+                    logits = net(train.batch(idx, device))
+                    target = train_y[idx.to(device, non_blocking=True)]
+                    loss = classification_loss(logits.float(), target, config.loss, **focal)
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                scaler.scale(loss * weight if dist is not None else loss).backward()  # DDP averages over ranks
                 scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
                 if config.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
-                total += loss.detach() * len(idx)
+                total += loss.detach() * (len(idx) if weight else 0)
+            if dist is not None:
+                dist.all_reduce_sum(total)
             train_loss = float(total) / len(train)  # one device sync per epoch
             finite = torch.stack([torch.isfinite(p).all() for p in params]).all()
             if not (torch.isfinite(torch.tensor(train_loss)) and bool(finite)):
@@ -221,7 +264,7 @@ def train_model(
                     f"training diverged at epoch {epoch + 1}: the loss is {train_loss} (lr={config.lr:g}); lower "
                     "--lr (or --grad-clip). Nothing of this epoch was saved"
                 )
-            scores = _scores(predict_logits(model, val), val_y)
+            scores = _scores(predict_logits(model, val, dist=dist), val_y)
             score = float(scores.max())
             scheduler.step(score)
             history.append(
@@ -239,7 +282,9 @@ def train_model(
             else:
                 bad_epochs += 1
             bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{score:.3f}")
-            if path is not None:
+            rng = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if devices else None)
+            rank_rng = dist.all_gather(rng) if dist is not None else [rng]  # every rank's dropout stream
+            if path is not None and rank == 0:
                 atomic_torch_save(
                     {
                         "model": _state(model),
@@ -248,6 +293,8 @@ def train_model(
                         "scaler": scaler.state_dict(),
                         "generator": generator.get_state(),
                         "torch_rng": torch.get_rng_state(),
+                        "rank_rng": rank_rng,
+                        "world_size": world,
                         "cuda_rng": torch.cuda.get_rng_state(device) if devices else None,
                         "history": history,
                         "best_score": best["score"],

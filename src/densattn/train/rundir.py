@@ -2,7 +2,13 @@
 
 Opening one checks ``--out`` / ``--resume`` before any work is done, takes an exclusive OS lock (``fcntl.flock`` on
 ``RUN/.lock``; the kernel releases it when the process exits or crashes), and removes temporary files that killed
-writers left behind. A second process opening the same directory fails at once. The layout::
+writers left behind. A second process opening the same directory fails at once.
+
+Under ``torchrun`` (:mod:`densattn.distributed`) every rank opens the run directory: rank 0 validates and locks it
+as above and every other rank receives rank 0's verdict (the same error, or a view of the directory without a lock
+of its own), then the ranks prove that they see the same directory. Rank 0's lock covers the whole job: when any
+rank dies, ``torchrun`` stops the others and the OS releases the lock with rank 0, so ``--resume`` can continue.
+The layout::
 
     RUN/config.json                 the resolved configuration (``--resume`` refuses a different one)
     RUN/metrics.json, metrics.csv   k-fold summary and per-fold rows
@@ -31,12 +37,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from densattn.distributed import Distributed, current
 from densattn.io import atomic_write_json, json_default, read_json, remove_stale_temp_files
 
 __all__ = ["RunDirectory", "RunLockedError"]
 
 LOCK_NAME = ".lock"
 _IGNORED = {LOCK_NAME}
+_SHARED_TOKEN = ".densattn-shared-"  # a token file of Distributed.check_shared_directory
 
 
 class RunLockedError(ValueError):
@@ -54,16 +62,29 @@ class RunDirectory:
         path: the run directory (created if missing).
         resume: continue an existing run; without it the directory must be new, empty, or hold only a
             configuration from an attempt that never finished a fold (it is then reused from scratch).
+        dist: the ranks sharing this run (default :func:`densattn.distributed.current`); only rank 0 locks and
+            writes the configuration.
 
     Raises:
         ValueError: ``path`` is a file, is not writable, holds other files (without ``resume``), or is locked by
-            another process (:class:`RunLockedError`). Every message names the path and what to do.
+            another process (:class:`RunLockedError`), or (several ranks) not the same directory on every rank.
+            Every message names the path and what to do.
     """
 
-    def __init__(self, path: str | Path, *, resume: bool = False) -> None:
+    def __init__(self, path: str | Path, *, resume: bool = False, dist: Distributed | None = None) -> None:
         self.path = Path(path)
         self.resume = resume
+        self.dist = dist if dist is not None else current()
         self._lock_fd: int | None = None
+        self._created = False
+        self.dist.run_on_main(self._open)  # rank 0 validates and locks; every rank gets its verdict
+        try:
+            self.dist.check_shared_directory(self.path, "--out")
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> None:
         self._created = not self.path.exists()
         if self.path.exists() and not self.path.is_dir():
             raise ValueError(f"--out {self.path} is a file, not a directory; choose a directory path for the run")
@@ -95,7 +116,7 @@ class RunDirectory:
             raise
 
     def _check_contents(self) -> None:
-        entries = [p for p in self.path.iterdir() if p.name not in _IGNORED]
+        entries = [p for p in self.path.iterdir() if p.name not in _IGNORED and not p.name.startswith(_SHARED_TOKEN)]
         if not entries or self.resume:
             return
         started = (
@@ -137,7 +158,11 @@ class RunDirectory:
 
     # -- contents ------------------------------------------------------------------------------------------------
     def write_config(self, config: dict[str, Any]) -> None:
-        """Write ``config.json``; when resuming, refuse a configuration that differs from the recorded one."""
+        """Write ``config.json`` (rank 0); when resuming, refuse a configuration that differs from the recorded one
+        (on every rank)."""
+        self.dist.run_on_main(lambda: self._write_config(config))
+
+    def _write_config(self, config: dict[str, Any]) -> None:
         path = self.path / "config.json"
         if self.resume and path.exists():
             previous = read_json(path)

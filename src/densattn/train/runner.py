@@ -9,12 +9,19 @@ the interrupted one continues from its checkpoint), the training loop (:func:`~d
 saving (adapter-only files), the k-fold summary and the plots. A method supplies only what differs, through
 :class:`Method`: ``build`` a fresh model, ``prepare`` it on a fold's training split, the ``inputs`` of examples, and
 optionally its optimiser groups and a ``finalize`` step.
+
+Under ``torchrun`` (:mod:`densattn.distributed`) every rank calls :func:`run_folds` with the same arguments. Rank 0
+opens (and locks) the run directory and writes the configuration; then a method whose :attr:`Method.parallel` is
+``"folds"`` (heads, fusion heads) has each rank train whole folds, round robin, while ``"data"`` (end-to-end
+methods) trains every fold on all ranks together, data-parallel. Rank 0 then reads every fold's ``result.json`` and
+writes the metrics, plots and adapter. Folds are seeded independently, so the metrics equal a one-process run's.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from densattn.io import atomic_copy, atomic_save_file, atomic_write_json, atomic_write_text
+from densattn.distributed import Distributed, current
+from densattn.io import atomic_copy, atomic_save_file, atomic_write_json, atomic_write_text, json_default
 from densattn.train.config import TrainConfig
 from densattn.train.inputs import Inputs
 from densattn.train.loop import TrainResult, predict_logits, train_model
@@ -87,6 +95,12 @@ class Method:
         """Parameters of the frozen encoder(s) the method builds on, for parameter accounting."""
         return None
 
+    @property
+    def parallel(self) -> str:
+        """How several ranks share the work: ``"folds"`` (each rank trains whole folds; small models) or
+        ``"data"`` (all ranks train each fold together, data-parallel; the default for ``kind == "end_to_end"``)."""
+        return "data" if self.kind == "end_to_end" else "folds"
+
 
 def make_folds(labels: Tensor | np.ndarray, *, folds: int | str, config: TrainConfig, groups=None) -> list[Fold]:
     """The folds of a run: splits by ``folds`` (k, 1 for one 80/20 split, or ``"logo"``), validation carved from
@@ -122,6 +136,7 @@ def run_folds(
     progress: bool = False,
     extra_config: dict[str, Any] | None = None,
     plots: bool = True,
+    dist: Distributed | None = None,
 ) -> dict[str, Any]:
     """Train ``method`` on every fold and write the run directory ``out``; returns the ``metrics.json`` dict.
 
@@ -132,17 +147,21 @@ def run_folds(
         folds: k for stratified k-fold, 1 for one 80/20 split, or ``"logo"`` for leave-one-group-out.
         resume: continue an interrupted run (finished folds are kept, the current one continues exactly).
         extra_config: more entries of ``config.json`` (data spec, sample count, a display ``name``...).
+        dist: the ranks that share the work (default: those of ``out`` when it is a :class:`RunDirectory`, else
+            :func:`densattn.distributed.current`); every rank returns the same metrics.
     """
     cfg = train_config or TrainConfig()
-    run = out if isinstance(out, RunDirectory) else RunDirectory(out, resume=resume)
+    if dist is None:
+        dist = out.dist if isinstance(out, RunDirectory) else current()
+    run = out if isinstance(out, RunDirectory) else RunDirectory(out, resume=resume, dist=dist)
     try:
-        return _run(method, run, cfg, folds, run.resume, progress, dict(extra_config or {}), plots)
+        return _run(method, run, cfg, folds, run.resume, progress, dict(extra_config or {}), plots, dist)
     finally:
         if not isinstance(out, RunDirectory):
             run.close()
 
 
-def _run(method, run: RunDirectory, cfg, folds, resume, progress, extra, plots) -> dict[str, Any]:
+def _run(method, run: RunDirectory, cfg, folds, resume, progress, extra, plots, dist: Distributed) -> dict[str, Any]:
     fold_list = make_folds(method.labels, folds=folds, config=cfg, groups=method.groups)
     probe = _build(method, cfg.seed)
     config = {
@@ -160,15 +179,28 @@ def _run(method, run: RunDirectory, cfg, folds, resume, progress, extra, plots) 
         raise ValueError(f"extra_config may not override {clash}: the runner records them from the method itself")
     config.update(extra)
     del probe
+    dist.check_same(json.dumps(config, sort_keys=True, default=json_default), "run configuration")
     run.write_config(config)
     y = torch.as_tensor(method.labels, dtype=torch.long)
-    done = set(run.finished_folds()) if resume else set()
-    rows = []
-    for fold in fold_list:
-        if fold.index in done:
-            rows.append(run.fold_result(fold.index))
-            continue
-        rows.append(_train_fold(method, run, fold, y, cfg.replace(seed=fold.seed), resume, progress))
+    done = dist.run_on_main(lambda: set(run.finished_folds()) if resume else set())
+    pending = [fold for fold in fold_list if fold.index not in done]
+
+    def train(fold: Fold, ranks: Distributed) -> None:
+        _train_fold(method, run, fold, y, cfg.replace(seed=fold.seed), resume, progress and dist.is_main, ranks)
+
+    if method.parallel == "data" or not dist.enabled:
+        for fold in pending:  # every rank on every fold, each on its part of every batch
+            train(fold, dist)
+    elif method.parallel == "folds":
+        dist.run_all(lambda: [train(fold, Distributed()) for fold in dist.share(pending)])  # whole folds per rank
+    else:
+        raise ValueError(f"{type(method).__name__}.parallel must be 'folds' or 'data', got {method.parallel!r}")
+    return dist.run_on_main(lambda: _finish(method, run, fold_list, plots))
+
+
+def _finish(method: Method, run: RunDirectory, fold_list: list[Fold], plots: bool) -> dict[str, Any]:
+    """Rank 0, once every fold is finished: the adapter, metrics and plots, from the folds' ``result.json``."""
+    rows = [run.fold_result(fold.index) for fold in fold_list]
     fold0 = run.path / "folds" / "0" / "adapter"
     for name in ("adapter_model.safetensors", "adapter_config.json"):  # weights first, config last
         atomic_copy(fold0 / name, run.path / name)
@@ -184,7 +216,7 @@ def _run(method, run: RunDirectory, cfg, folds, resume, progress, extra, plots) 
     return metrics
 
 
-def _train_fold(method: Method, run: RunDirectory, fold: Fold, y: Tensor, cfg: TrainConfig, resume, progress):
+def _train_fold(method, run: RunDirectory, fold: Fold, y: Tensor, cfg: TrainConfig, resume, progress, dist) -> None:
     fold_dir = run.fold_dir(fold.index)
     model = _build(method, fold.seed)
     method.prepare(model, fold)
@@ -200,9 +232,12 @@ def _train_fold(method: Method, run: RunDirectory, fold: Fold, y: Tensor, cfg: T
         checkpoint=fold_dir / "state.pt",
         resume=resume,
         progress=progress,
+        dist=dist,
     )
     method.finalize(model, fold)
-    logits = predict_logits(model, method.inputs(fold.test))
+    logits = predict_logits(model, method.inputs(fold.test), dist=dist)
+    if not dist.is_main:
+        return  # data-parallel: rank 0 writes the fold
     metrics = classification_metrics(y[fold.test].numpy(), logits.argmax(-1).numpy(), len(method.classes))
     epochs = len(outcome.history)
     row = {
@@ -224,7 +259,6 @@ def _train_fold(method: Method, run: RunDirectory, fold: Fold, y: Tensor, cfg: T
     atomic_save_file(outcome.last_state, fold_dir / "last.safetensors")
     atomic_write_json(fold_dir / "result.json", row, indent=None)  # last: the fold is finished
     (fold_dir / "state.pt").unlink(missing_ok=True)
-    return row
 
 
 def summarize(rows: list[dict[str, Any]], classes: list[str]) -> dict[str, Any]:
