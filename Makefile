@@ -15,7 +15,7 @@ PYTEST_ARGS ?= -n 2
 # small tensors: one BLAS/OpenMP thread per test worker is much faster than oversubscribed threads
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
-.PHONY: setup data demo test test-all bench lint clean
+.PHONY: setup data demo test test-all bench gpu-check lint clean
 
 setup: $(STAMP)
 
@@ -52,6 +52,10 @@ test-all: setup data
 
 bench: setup data
 	$(BIN)/python benchmarks/daam_kernel.py
+
+# on a CUDA machine: CUDA tests, AMP head + LoRA runs through the CLI, DDP LoRA on >= 2 GPUs, kernel benchmark
+gpu-check: setup data
+	PYTHON=$(BIN)/python scripts/gpu_check.sh
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
