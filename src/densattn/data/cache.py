@@ -10,7 +10,7 @@ the dtype and the pooling)::
     shard-000000000-000000048.json        that shard's sha256, range and encoder batch size (written after it)
 
 Shards are named by the examples they hold, on a grid that depends only on the number of examples and the encoder
-batch size (:func:`shard_ranges`: about 64 shards, each a whole number of encoder batches, at most 1024 examples),
+batch size (:func:`shard_ranges`: about 256 shards, each a whole number of encoder batches, at most 1024 examples),
 so an interrupted extraction loses at most one shard's work per process and resumes from the shards whose hashes
 verify, with any number of processes. Every batch holds the same examples whoever encodes it, so the features are
 the same whether one process or many wrote the cache.
@@ -45,8 +45,9 @@ from densattn.io import atomic_save_file, atomic_write_json, atomic_write_text, 
 
 #: most examples in one shard
 MAX_SHARD_SIZE = 1024
-#: about this many shards per cache entry (fewer when the data is smaller than that many encoder batches)
-TARGET_SHARDS = 64
+#: about this many shards per cache entry (fewer when the data is smaller than that many encoder batches): the grain
+#: of resuming, and of sharing the work between ranks (round robin, so up to this many ranks stay busy)
+TARGET_SHARDS = 256
 FORMAT_VERSION = 1
 _SHARD_FILE = re.compile(r"^shard-\d+(-\d+)?\.(safetensors|json)$")
 
@@ -68,7 +69,7 @@ def _sha256(path: Path) -> str:
 
 
 def shard_ranges(n: int, batch_size: int) -> list[tuple[int, int]]:
-    """The cache's shards as ``(start, stop)`` example ranges: about ``n / 64`` examples each, rounded up to whole
+    """The cache's shards as ``(start, stop)`` example ranges: about ``n / 256`` examples each, rounded up to whole
     encoder batches, at least one batch and at most 1024 examples (or one batch when a batch is larger).
 
     The grid depends only on ``n`` and ``batch_size``, never on the number of processes, so every process count
@@ -77,8 +78,8 @@ def shard_ranges(n: int, batch_size: int) -> list[tuple[int, int]]:
     Example:
         >>> shard_ranges(100, 16)
         [(0, 16), (16, 32), (32, 48), (48, 64), (64, 80), (80, 96), (96, 100)]
-        >>> len(shard_ranges(5000, 16)), shard_ranges(5000, 16)[0]
-        (63, (0, 80))
+        >>> len(shard_ranges(50_000, 16)), shard_ranges(50_000, 16)[0]
+        (241, (0, 208))
     """
     if n < 0 or batch_size < 1:
         raise ValueError(f"need n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
