@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from densattn.data import cache as cache_mod
 from densattn.data.cache import cached_features, shard_ranges
+from densattn.data.shards import _loaded_batches
 
 
 def test_second_call_reuses_cache(tmp_path, toy_dataset, encoder_cls):
@@ -162,6 +163,42 @@ def test_non_finite_features_name_the_example(tmp_path, toy_dataset, encoder_cls
     with pytest.raises(ValueError, match=r"non-finite features for example 13 \('13'\)"):
         cached_features(enc, toy_dataset, cache_dir=tmp_path, batch_size=8)
     assert not list(tmp_path.glob("*/manifest.json"))
+
+
+@pytest.mark.parametrize("workers", [0, 1, 3])
+def test_examples_are_decoded_ahead_in_order_and_errors_surface(toy_dataset, workers):
+    batches = [range(i, min(i + 6, 40)) for i in range(0, 40, 6)]
+    loaded = list(_loaded_batches(toy_dataset, batches, workers))
+    assert loaded == [[toy_dataset.load(j) for j in b] for b in batches]
+
+    class Broken:
+        def load(self, i):
+            if i == 9:
+                raise ValueError("cannot decode example 9")
+            return i
+
+    with pytest.raises(ValueError, match="cannot decode example 9"):
+        list(_loaded_batches(Broken(), batches, workers))
+
+
+def test_extraction_can_decode_in_background_threads(tmp_path, toy_dataset, encoder_cls, monkeypatch):
+    """``load_workers`` threads decode ahead of the encoder (the default for audio and images); the features equal
+    those of decoding inline."""
+    import threading
+
+    seen = set()
+    original = type(toy_dataset).load
+
+    def recording(self, i):
+        seen.add(threading.current_thread().name)
+        return original(self, i)
+
+    monkeypatch.setattr(type(toy_dataset), "load", recording)
+    a = cached_features(encoder_cls(), toy_dataset, cache_dir=tmp_path / "inline", batch_size=4, load_workers=0)
+    assert seen == {threading.current_thread().name}
+    seen.clear()
+    b = cached_features(encoder_cls(), toy_dataset, cache_dir=tmp_path / "ahead", batch_size=4, load_workers=2)
+    assert seen and all(name.startswith("densattn-load") for name in seen) and torch.equal(a.features, b.features)
 
 
 @settings(max_examples=200, deadline=None)

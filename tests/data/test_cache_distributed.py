@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save
 
-from densattn.data import cache as cache_mod
+from densattn.data import shards as shards_mod
 from densattn.data.cache import cached_features
 from densattn.encoders import get_encoder
 from densattn.io import _temp_path
@@ -68,7 +68,7 @@ def test_two_ranks_write_the_same_cache_as_one_byte_for_byte(run_ranks, referenc
 def _extract_and_die(rank, root, dataset, encoder, after):
     """Rank 1 is killed (SIGKILL) half-way through writing its shard number ``after``."""
     if rank == 1:
-        original, written = cache_mod.atomic_save_file, []
+        original, written = shards_mod.atomic_save_file, []
 
         def save_then_die(tensors, path, metadata=None):
             if len(written) == after:
@@ -78,7 +78,7 @@ def _extract_and_die(rank, root, dataset, encoder, after):
             original(tensors, path, metadata)
             written.append(path)
 
-        cache_mod.atomic_save_file = save_then_die
+        shards_mod.atomic_save_file = save_then_die
     return _extract(rank, root, dataset, encoder)
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,56 +40,26 @@ import torch
 from safetensors.torch import load_file
 
 from densattn.data.dataset import LabeledDataset
+from densattn.data.shards import MAX_SHARD_SIZE, TARGET_SHARDS, extract_shards, sha256_file, shard_ranges
 from densattn.distributed import Distributed, current
-from densattn.io import atomic_save_file, atomic_write_json, atomic_write_text, remove_stale_temp_files
 
-#: most examples in one shard
-MAX_SHARD_SIZE = 1024
-#: about this many shards per cache entry (fewer when the data is smaller than that many encoder batches): the grain
-#: of resuming, and of sharing the work between ranks (round robin, so up to this many ranks stay busy)
-TARGET_SHARDS = 256
 FORMAT_VERSION = 1
-_SHARD_FILE = re.compile(r"^shard-\d+(-\d+)?\.(safetensors|json)$")
 
-__all__ = ["FeatureSet", "align_feature_sets", "cached_features", "default_cache_dir", "shard_ranges"]
+__all__ = [
+    "MAX_SHARD_SIZE",
+    "TARGET_SHARDS",
+    "FeatureSet",
+    "align_feature_sets",
+    "cached_features",
+    "default_cache_dir",
+    "shard_ranges",
+]
 
 
 def default_cache_dir() -> Path:
     """``$DENSATTN_CACHE/features`` or ``~/.cache/densattn/features``."""
     root = os.environ.get("DENSATTN_CACHE") or Path.home() / ".cache" / "densattn"
     return Path(root) / "features"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def shard_ranges(n: int, batch_size: int) -> list[tuple[int, int]]:
-    """The cache's shards as ``(start, stop)`` example ranges: about ``n / 256`` examples each, rounded up to whole
-    encoder batches, at least one batch and at most 1024 examples (or one batch when a batch is larger).
-
-    The grid depends only on ``n`` and ``batch_size``, never on the number of processes, so every process count
-    writes (and resumes) the same shards.
-
-    Example:
-        >>> shard_ranges(100, 16)
-        [(0, 16), (16, 32), (32, 48), (48, 64), (64, 80), (80, 96), (96, 100)]
-        >>> len(shard_ranges(50_000, 16)), shard_ranges(50_000, 16)[0]
-        (241, (0, 208))
-    """
-    if n < 0 or batch_size < 1:
-        raise ValueError(f"need n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
-    target = min(MAX_SHARD_SIZE, -(-n // TARGET_SHARDS))
-    size = -(-max(target, 1) // batch_size) * batch_size  # whole batches
-    return [(start, min(start + size, n)) for start in range(0, n, size)]
-
-
-def _shard_name(start: int, stop: int) -> str:
-    return f"shard-{start:09d}-{stop:09d}"
 
 
 @dataclass
@@ -139,7 +109,7 @@ def _verify(entry: Path, spec: dict[str, Any], n: int) -> tuple[dict[str, Any] |
         path = entry / shard["file"]
         if not path.exists():
             return None, f"missing shard {shard['file']}"
-        if _sha256(path) != shard["sha256"]:
+        if sha256_file(path) != shard["sha256"]:
             return None, f"corrupt shard {shard['file']} (hash mismatch)"
     return manifest, ""
 
@@ -153,6 +123,7 @@ def cached_features(
     progress: bool | None = None,
     dtype: torch.dtype = torch.float32,
     dist: Distributed | None = None,
+    load_workers: int | None = None,
 ) -> FeatureSet:
     """Features of ``dataset`` under ``encoder``, from the cache when it is valid, else extracted and cached.
 
@@ -165,6 +136,8 @@ def cached_features(
         dtype: storage dtype of the features (float32 or float16).
         dist: the ranks that extract together (default :func:`densattn.distributed.current`: every rank of a
             ``torchrun`` job calls this function; one process otherwise).
+        load_workers: threads that read and decode examples ahead of the encoder (default: 2 for audio and
+            images, 0 for text, whose examples need no decoding).
 
     Returns:
         A :class:`FeatureSet` with ``features (N, num_layers, dim)`` in float32 (the whole dataset on every rank).
@@ -199,7 +172,18 @@ def cached_features(
     ctx.check_shared_directory(root, "--cache-dir")
     manifest = ctx.run_on_main(lambda: _usable_manifest(entry, spec, n))
     if manifest is None:
-        manifest = _extract(encoder, dataset, entry, spec, batch_size, progress, dtype, ctx)
+        show = (progress if progress is not None else _stderr_is_tty()) and ctx.is_main
+        manifest = extract_shards(
+            encoder,
+            dataset,
+            entry,
+            spec,
+            batch_size=batch_size,
+            dtype=dtype,
+            show=show,
+            dist=ctx,
+            load_workers=load_workers,
+        )
     shards = [load_file(str(entry / s["file"]))["features"] for s in manifest["shards"]]
     features = torch.cat(shards).float()
     expected = (n, manifest["num_layers"], manifest["dim"])
@@ -222,128 +206,6 @@ def _usable_manifest(entry: Path, spec: dict[str, Any], n: int) -> dict[str, Any
         warnings.warn(f"feature cache {entry} is not usable ({reason}); rebuilding it", stacklevel=3)
         (entry / "manifest.json").unlink(missing_ok=True)
     return manifest
-
-
-def _finished_shard(entry: Path, start: int, stop: int, batch_size: int, dtype: str) -> dict[str, Any] | None:
-    """The manifest record of shard ``start:stop`` when it was written with this batch size and dtype and its
-    hash verifies, else ``None``."""
-    name = _shard_name(start, stop)
-    try:
-        record = json.loads((entry / f"{name}.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    expected = {"file": f"{name}.safetensors", "start": start, "count": stop - start}
-    if any(record.get(k) != v for k, v in expected.items()) or record.get("batch_size") != batch_size:
-        return None
-    if record.get("dtype") != dtype:
-        return None
-    path = entry / record["file"]
-    if not path.exists() or _sha256(path) != record.get("sha256"):
-        return None
-    return record
-
-
-def _extract(encoder, dataset, entry: Path, spec, batch_size, progress, dtype, ctx: Distributed) -> dict[str, Any]:
-    n = len(dataset)
-    ranges = shard_ranges(n, batch_size)
-    dtype_name = spec["dtype"]
-
-    def plan() -> list[tuple[int, int]]:
-        entry.mkdir(parents=True, exist_ok=True)
-        remove_stale_temp_files(entry, recursive=False)  # temporaries of killed writers
-        return [r for r in ranges if _finished_shard(entry, *r, batch_size, dtype_name) is None]
-
-    pending = ctx.run_on_main(plan)  # rank 0 verifies the shards that exist; every rank gets the same plan
-    mine = ctx.share(pending)
-    show = (progress if progress is not None else _stderr_is_tty()) and ctx.is_main
-    ctx.run_all(lambda: _encode_shards(encoder, dataset, entry, mine, batch_size, dtype, show, ctx, len(pending)))
-    return ctx.run_on_main(lambda: _write_manifest(dataset, entry, spec, ranges, batch_size))
-
-
-def _encode_shards(encoder, dataset, entry, ranges, batch_size, dtype, show, ctx, num_pending) -> None:
-    from tqdm.auto import tqdm
-
-    from densattn.encoders.base import EncoderAdapter
-
-    on_device = isinstance(encoder, EncoderAdapter)  # keep a shard's batches on the encoder's device until it ends
-    suffix = f" (rank {ctx.rank}/{ctx.world_size}: {len(ranges)} of {num_pending} shards)" if ctx.enabled else ""
-    bar = tqdm(
-        total=sum(stop - start for start, stop in ranges),
-        desc=f"extract {dataset.name} with {encoder.identity().get('encoder')}{suffix}",
-        disable=not show,
-        unit="ex",
-    )
-    for start, stop in ranges:
-        parts = []
-        for i in range(start, stop, batch_size):
-            items = [dataset.load(j) for j in range(i, min(i + batch_size, stop))]
-            feats = encoder.encode(items, to_cpu=False) if on_device else encoder.encode(items)
-            if feats.dim() != 3 or feats.shape[0] != len(items):
-                raise ValueError(f"encoder returned shape {tuple(feats.shape)}; expected (batch, layers, dim)")
-            parts.append(feats)
-            bar.update(len(items))
-        shard = torch.cat(parts)
-        finite = torch.isfinite(shard).flatten(1).all(1)  # one device sync per shard, not per batch
-        if not bool(finite.all()):
-            bad = start + int((~finite).nonzero()[0, 0])
-            raise ValueError(f"encoder produced non-finite features for example {bad} ({dataset.ids[bad]!r})")
-        shard = shard.to(device="cpu", dtype=dtype)
-        name = _shard_name(start, stop)
-        atomic_save_file({"features": shard}, entry / f"{name}.safetensors")
-        record = {
-            "file": f"{name}.safetensors",
-            "start": start,
-            "count": stop - start,
-            "sha256": _sha256(entry / f"{name}.safetensors"),
-            "batch_size": batch_size,
-            "dtype": str(dtype).replace("torch.", ""),
-            "num_layers": int(shard.shape[1]),
-            "dim": int(shard.shape[2]),
-        }
-        atomic_write_json(entry / f"{name}.json", record)  # after the shard: a record means a complete shard
-    bar.close()
-
-
-def _write_manifest(dataset, entry: Path, spec, ranges, batch_size) -> dict[str, Any]:
-    """Verify every shard (whichever rank wrote it), then write the manifest (atomically) and remove files of other
-    shard grids."""
-    records = []
-    for start, stop in ranges:
-        record = _finished_shard(entry, start, stop, batch_size, spec["dtype"])
-        if record is None:
-            raise ValueError(
-                f"feature cache {entry}: shard {_shard_name(start, stop)} is missing or does not verify after "
-                "extraction (was the cache directory changed by another process?); run the extraction again"
-            )
-        records.append(record)
-    shapes = {(r["num_layers"], r["dim"]) for r in records}
-    if len(shapes) != 1:
-        raise ValueError(f"feature cache {entry}: shards hold different (layers, dim) {sorted(shapes)}; delete it")
-    num_layers, dim = shapes.pop()
-    manifest = {
-        **spec,
-        "dataset": dataset.name,
-        "modality": dataset.modality,
-        "num_examples": len(dataset),
-        "num_layers": num_layers,
-        "dim": dim,
-        "pooling": spec["encoder"].get("pooling", "mean-masked"),
-        "classes": list(dataset.classes),
-        "batch_size": batch_size,
-        "shards": [{k: r[k] for k in ("file", "start", "count", "sha256")} for r in records],
-    }
-    atomic_write_text(entry / "manifest.json", json.dumps(manifest, indent=1, default=str))
-    keep = {r["file"] for r in records} | {r["file"].replace(".safetensors", ".json") for r in records}
-    for path in entry.iterdir():  # shards of an earlier grid (another batch size, an older layout)
-        if (_SHARD_FILE.match(path.name) and path.name not in keep) or path.name == "progress.json":
-            path.unlink(missing_ok=True)
-    return json.loads(json.dumps(manifest, default=str))
-
-
-def _stderr_is_tty() -> bool:
-    import sys
-
-    return hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
 
 
 def align_feature_sets(feature_sets: Sequence[FeatureSet]) -> list[FeatureSet]:
@@ -388,3 +250,7 @@ def align_feature_sets(feature_sets: Sequence[FeatureSet]) -> list[FeatureSet]:
             )
         aligned.append(fs)
     return aligned
+
+
+def _stderr_is_tty() -> bool:
+    return hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
