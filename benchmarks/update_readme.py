@@ -3,6 +3,7 @@
 Usage: python benchmarks/update_readme.py [--demo DEMO_OUT]
   DEMO_TABLE   <- DEMO_OUT/results.md (default demo_out/results.md; also copied to benchmarks/results/demo.md)
   KERNEL_TABLE <- benchmarks/results/daam_kernel.md
+  SCALE_TABLE  <- benchmarks/results/scale_out.md
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ def main() -> None:
     kernel = results / "daam_kernel.md"
     if kernel.exists():
         text = replace_block(text, "KERNEL_TABLE", kernel.read_text())
+    scale = results / "scale_out.md"
+    if scale.exists():
+        text = replace_block(text, "SCALE_TABLE", scale.read_text())
     readme.write_text(text)
 
 
