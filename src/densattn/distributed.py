@@ -289,10 +289,12 @@ def _destroy() -> None:
 
 def local_device(device: str = "auto") -> str:
     """The device string this rank should use: ``"auto"`` means CUDA when available; under ``torchrun`` a bare
-    ``"cuda"`` becomes this rank's GPU ``"cuda:LOCAL_RANK"``.
+    ``"cuda"`` becomes this rank's GPU ``"cuda:LOCAL_RANK"`` (an explicit ``"cuda:N"`` is refused when several
+    processes share the node: they would all use GPU N).
 
     Raises:
-        ValueError: not one of ``cpu``, ``cuda``, ``cuda:N``, ``auto``, or CUDA asked for where there is none.
+        ValueError: not one of ``cpu``, ``cuda``, ``cuda:N``, ``auto``; CUDA asked for where there is none; or
+            ``cuda:N`` for several processes of one node.
 
     Example:
         >>> local_device("cpu")
@@ -304,10 +306,14 @@ def local_device(device: str = "auto") -> str:
         raise ValueError(f"--device {device} but CUDA is not available here; use --device cpu (or auto)")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        ctx = current()
-        if ctx.enabled:
-            return f"cuda:{ctx.local_rank}"
+    if device.startswith("cuda") and current().enabled:
+        if device == "cuda":
+            return f"cuda:{current().local_rank}"
+        if int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
+            raise ValueError(
+                f"--device {device} would put every process of this node on the same GPU; pass --device cuda "
+                "(each process then uses GPU LOCAL_RANK) or start one process per node"
+            )
     return device
 
 

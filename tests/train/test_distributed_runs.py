@@ -20,7 +20,7 @@ from densattn.data.cache import FeatureSet
 from densattn.distributed import current
 from densattn.encoders import get_encoder
 from densattn.pipeline import encoder_record
-from densattn.train import Inputs, RunDirectory, TrainConfig, run_experiment, train_model
+from densattn.train import Inputs, RunDirectory, TrainConfig, run_experiment, run_fusion_experiment, train_model
 from densattn.train.end_to_end import run_end_to_end_experiment
 from densattn.train.loop import load_checkpoint
 
@@ -78,6 +78,19 @@ def test_a_one_rank_run_resumes_on_two_ranks(run_ranks, features, one_rank_run, 
     assert (run / "folds/2/adapter/adapter_model.safetensors").read_bytes() == (
         one_dir / "folds/2/adapter/adapter_model.safetensors"
     ).read_bytes()
+
+
+def _fusion(rank, features, out):
+    g = torch.Generator().manual_seed(5)
+    other = FeatureSet(torch.randn(72, 3, 5, generator=g), features.labels, features.classes, list(features.ids))
+    config = TrainConfig(epochs=3, batch_size=16, seed=1)
+    return run_fusion_experiment([features, other], method="concat", out=out, folds=2, train_config=config, plots=False)
+
+
+def test_two_ranks_train_fusion_folds_with_the_metrics_of_one(run_ranks, features, tmp_path):
+    [one] = run_ranks(_fusion, 1, features, tmp_path / "one")
+    two, _ = run_ranks(_fusion, 2, features, tmp_path / "two")
+    assert _without_timing(two) == _without_timing(one) and two["method"] == "fusion-concat"
 
 
 def _open_run(rank, base, layout):
