@@ -119,7 +119,7 @@ class Distributed:
         that gave up."""
         try:
             value, error = fn(), None
-        except Exception as err:  # noqa: BLE001 - re-raised below, on every rank
+        except Exception as err:  # re-raised below, on every rank
             value, error = None, err
         if not self.enabled:
             if error is not None:
@@ -143,7 +143,7 @@ class Distributed:
         if self.is_main:
             try:
                 value = fn()
-            except Exception as err:  # noqa: BLE001 - re-raised below, on every rank
+            except Exception as err:  # re-raised below, on every rank
                 error = err
         value, failure = self.broadcast((value, _describe(error) if error is not None else None))
         if error is not None:
