@@ -46,8 +46,9 @@ __all__ = ["Distributed", "RankFailedError", "current", "local_device", "rank_se
 
 T = TypeVar("T")
 
-#: how long a rank waits for the others at a collective before giving up
-TIMEOUT = timedelta(minutes=30)
+#: how long a rank waits for the others at a collective before giving up (a rank that finished its shards or folds
+#: waits there for the slowest one; a rank that dies is caught sooner, by torchrun)
+TIMEOUT = timedelta(hours=2)
 
 
 class RankFailedError(ValueError):
