@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from densattn.data.dataset import LabeledDataset
+
 #: skip reasons that stay skips in CI: hardware this machine does not have, and doctest +SKIP lines
 ALLOWED_SKIPS = ("CUDA", "GPU", "+SKIP")
 
@@ -33,9 +35,6 @@ def pytest_runtest_makereport(item, call):
         f"skipped in CI ({reason}), but DENSATTN_REQUIRE_DATA=1: `make test` installs the bundled data and packages, "
         "so this skip hides a broken install or loader"
     )
-
-
-from densattn.data.dataset import LabeledDataset
 
 
 class CountingEncoder:
