@@ -2,17 +2,20 @@
 
 For the output ``h`` of the wrapped (frozen) module, per active adapter::
 
-    a = DAAM(h)                       # densattn.functional.density_attention weights, same shape as h
-    y = h * (1 + g * (a - 1))         # g: one learned mixing weight per output feature, init 0
+    a = DAAM(h)                            # densattn.functional.density_attention weights, same shape as h
+    y = h * (1 + g * (a - 1))              # g: one learned mixing weight per output feature, init 0
+      = h + g * (h * a - h) = lerp(h, h * a, g)
 
 * ``g = 0`` (the initialisation): ``y = h`` exactly, so the adapted model is the base model bit for bit.
 * ``g = 1``: pure DAAM, ``y = h * a`` (arXiv `2401.11143 <https://arxiv.org/abs/2401.11143>`_, Alg. 1).
 
-Why this form: it interpolates linearly between the identity and the DAAM gate without taking ``log a``
-(``a`` may underflow to 0 for outliers, and ``0 * log 0`` would be NaN at ``g = 0``). Its price is the gradient at
-initialisation: ``dy/dg = h * (a - 1)`` is nonzero, but ``dy/d(delta, xi) = h * g * da/d(.)`` is exactly 0 while
-``g = 0``. The first optimiser step therefore moves ``g`` only; from the second step on (``g != 0``) the Gaussian
-offsets and spreads get gradients too. (An exponent form ``h * a**g`` has the same zero gradient at ``g = 0``.)
+Why this form: ``g`` interpolates per feature between the base output and the DAAM output, it needs only the
+kernel's own ``h * a`` (one extra pass), and it never takes ``log a`` (``a`` may underflow to 0 for an outlier, and
+an exponent form ``h * a**g = h * exp(g log a)`` would give ``0 * log 0 = NaN`` at ``g = 0``). Its price is the
+gradient at initialisation: ``dy/dg = h * (a - 1)`` is nonzero wherever ``a != 1``, but
+``dy/d(delta, xi) = h * g * da/d(.)`` is exactly 0 while ``g = 0``. The first optimiser step therefore moves ``g``
+only; from the second step on (``g != 0``) the Gaussian offsets and spreads get gradients too. No form that is the
+identity for every value of the Gaussian parameters can do better, and the exponent form has the same zero.
 
 Statistics (``norm_axis``):
 
@@ -131,8 +134,9 @@ class DensityLayer(nn.Module, BaseTunerLayer):
         self.daam_scale[adapter_name] = nn.Parameter(torch.full((features,), config.init_gate, **factory))
         self.daam_settings[adapter_name] = _GateSettings(config.norm_axis)
 
-    def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
-        h = self.base_layer(x, *args, **kwargs)
+    def forward(self, *args, **kwargs) -> Tensor:
+        """The wrapped module's output, gated by every active adapter (ungated when adapters are disabled)."""
+        h = self.base_layer(*args, **kwargs)
         if self.disable_adapters or self.merged:
             return h
         if not isinstance(h, Tensor):
@@ -160,13 +164,12 @@ class DensityLayer(nn.Module, BaseTunerLayer):
         else:
             view, keep = self._token_view(h, self._mask_source() if mask is None and self._mask_source else mask)
             g_shape = [1, self.num_features, 1] if self.channels_first else [1, 1, self.num_features]
-        _, a = attn(view, mask=keep, need_weights=True)  # a: like view, float32 or wider
-        g = g.to(a.dtype).reshape(g_shape)
-        scale = 1.0 + g * (a - 1.0)
-        if keep is not None:
-            scale = torch.where(keep, scale, torch.ones_like(scale))  # masked positions pass through unchanged
-        y = view.to(scale.dtype) * scale
-        return y.to(h.dtype).reshape(h.shape)
+        out = attn(view, mask=keep)  # pure DAAM h * a; masked positions come back as h
+        cdt = torch.promote_types(torch.promote_types(view.dtype, g.dtype), torch.float32)
+        g = g.to(cdt).reshape(g_shape)
+        if view.dtype == cdt:
+            return torch.lerp(view, out, g).reshape(h.shape)  # h + g (h a - h) = h (1 + g (a - 1))
+        return torch.lerp(view.to(cdt), out.to(cdt), g).to(h.dtype).reshape(h.shape)
 
     def _token_view(self, h: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """``(B, P, F)`` (or ``(B, C, P)``) view with the positions flattened, and the mask in its layout."""

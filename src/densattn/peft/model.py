@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import copy
 import inspect
-from contextvars import ContextVar
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ MERGE_ERROR = (
 )
 _CLASSIFIER_NAMES = ("classifier", "score")
 # the token mask of the DensityModel calls running in this thread / task, by model (see _MaskSource)
-_CALL_MASKS: ContextVar[dict[_MaskSource, Tensor | None]] = ContextVar("densattn_peft_call_masks", default={})
+_CALL_MASKS: ContextVar[dict[_MaskSource, Tensor | None] | None] = ContextVar("densattn_peft_call_masks", default=None)
 
 
 class _MaskSource:
@@ -57,7 +57,7 @@ class _MaskSource:
     this object) each see their own mask."""
 
     def __call__(self) -> Tensor | None:
-        return _CALL_MASKS.get().get(self)
+        return (_CALL_MASKS.get() or {}).get(self)
 
 
 class DensityModel(BaseTuner):
@@ -128,6 +128,8 @@ class DensityModel(BaseTuner):
             config.target_modules = default_target_modules(model)
         if config.modules_to_save is None:
             config.modules_to_save = [n for n in _CLASSIFIER_NAMES if isinstance(getattr(model, n, None), nn.Module)]
+        if config.base_model_name_or_path is None and isinstance(getattr(model, "name_or_path", None), str):
+            config.base_model_name_or_path = model.name_or_path or None
         if isinstance(config.target_modules, str) and config.target_modules.lower() == "all-linear":
             config.target_modules = all_linear_modules(model, exclude=config.modules_to_save)
         names = matched_modules(model, config)
@@ -180,7 +182,7 @@ class DensityModel(BaseTuner):
             raise ValueError(
                 f"density_mask / attention_mask must be a (batch, positions) tensor, got {getattr(mask, 'shape', mask)}"
             )
-        token = _CALL_MASKS.set({**_CALL_MASKS.get(), self._mask_source: mask})
+        token = _CALL_MASKS.set({**(_CALL_MASKS.get() or {}), self._mask_source: mask})
         try:
             return self.model(*args, **kwargs)
         finally:
@@ -191,8 +193,8 @@ class DensityModel(BaseTuner):
 
     # ---- peft-style API ---------------------------------------------------------------------------------------
     @property
-    def config(self) -> DensityConfig:
-        """The active adapter's config."""
+    def active_peft_config(self) -> DensityConfig:
+        """The active adapter's config (``model.config`` stays the base model's own, e.g. an HF config)."""
         return self.peft_config[self.active_adapters[0]]
 
     def get_base_model(self) -> nn.Module:
@@ -273,7 +275,7 @@ class DensityModel(BaseTuner):
 
         name = adapter_name or self.active_adapters[0]
         directory = Path(directory)
-        state = get_density_model_state_dict(self, adapter_name=name)
+        state = {k: v.cpu() for k, v in get_density_model_state_dict(self, adapter_name=name).items()}
         atomic_save_file(state, directory / WEIGHTS_NAME, metadata={"format": "pt", "type": "daam_peft"})
         self.peft_config[name].save_pretrained(directory)
         return directory
