@@ -7,8 +7,9 @@ import copy
 
 import pytest
 import torch
+import transformers as T
 from _peft_helpers import tiny_bert_config
-from transformers import BertModel, DistilBertConfig, DistilBertModel, WhisperConfig
+from transformers import BertModel, WhisperConfig
 
 from densattn.peft import DensityConfig, DensityModel, default_target_modules, get_density_model
 
@@ -28,9 +29,112 @@ def test_default_targets_of_the_bundled_encoders(minilm_model, whisper_encoder, 
     assert default_target_modules(efficientnet_encoder.raw_model()) == ["_project_conv"]
 
 
-def test_default_targets_of_other_hf_models(tmp_path):
-    distil = DistilBertModel(DistilBertConfig(vocab_size=30, dim=16, n_layers=1, n_heads=2, hidden_dim=32))
-    assert default_target_modules(distil) == ["attention.out_lin", "ffn.lin2"]
+HF_FAMILIES = {
+    "distilbert": (
+        lambda: T.DistilBertModel(T.DistilBertConfig(vocab_size=30, dim=16, n_layers=1, n_heads=2, hidden_dim=32)),
+        ["attention.out_lin", "ffn.lin2"],
+        {"input_ids": torch.tensor([[1, 5, 7, 2]])},
+    ),
+    "vit": (
+        lambda: T.ViTModel(
+            T.ViTConfig(
+                hidden_size=16,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=32,
+                image_size=8,
+                patch_size=4,
+            )
+        ),
+        ["attention.o_proj", "mlp.fc2"],
+        {"pixel_values": torch.randn(1, 3, 8, 8)},
+    ),
+    "wav2vec2": (
+        lambda: T.Wav2Vec2Model(
+            T.Wav2Vec2Config(
+                hidden_size=16,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=32,
+                conv_dim=(8, 8),
+                conv_stride=(5, 2),
+                conv_kernel=(10, 3),
+                num_conv_pos_embeddings=4,
+                num_conv_pos_embedding_groups=2,
+            )
+        ),
+        ["attention.out_proj", "feed_forward.output_dense"],
+        {"input_values": torch.randn(1, 400)},
+    ),
+    "llama": (
+        lambda: T.LlamaModel(
+            T.LlamaConfig(
+                hidden_size=16,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                num_key_value_heads=2,
+                intermediate_size=32,
+                vocab_size=50,
+            )
+        ),
+        ["o_proj", "down_proj"],
+        {"input_ids": torch.tensor([[1, 5, 7, 2]])},
+    ),
+    "gpt2": (  # transformers' Conv1D
+        lambda: T.GPT2Model(
+            T.GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50, n_positions=32, bos_token_id=0, eos_token_id=0)
+        ),
+        ["attn.c_proj", "mlp.c_proj"],
+        {"input_ids": torch.tensor([[1, 5, 7, 2]])},
+    ),
+    "t5": (
+        lambda: T.T5EncoderModel(T.T5Config(d_model=16, num_layers=1, num_heads=2, d_ff=32, d_kv=8, vocab_size=50)),
+        ["SelfAttention.o", "DenseReluDense.wo"],
+        {"input_ids": torch.tensor([[1, 5, 7, 2]])},
+    ),
+    "bart": (  # encoder and decoder: 4 gates in a one-layer model
+        lambda: T.BartModel(
+            T.BartConfig(
+                d_model=16,
+                encoder_layers=1,
+                decoder_layers=1,
+                encoder_attention_heads=2,
+                decoder_attention_heads=2,
+                encoder_ffn_dim=32,
+                decoder_ffn_dim=32,
+                vocab_size=50,
+            )
+        ),
+        ["self_attn.out_proj", "fc2"],
+        {"input_ids": torch.tensor([[0, 5, 7, 2]])},
+    ),
+    "gpt_neox": (
+        lambda: T.GPTNeoXModel(
+            T.GPTNeoXConfig(
+                hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, vocab_size=50
+            )
+        ),
+        ["attention.dense", "mlp.dense_4h_to_h"],
+        {"input_ids": torch.tensor([[1, 5, 7, 2]])},
+    ),
+}
+
+
+@pytest.mark.parametrize("family", sorted(HF_FAMILIES))
+def test_default_targets_of_other_hf_families(family):
+    build, targets, inputs = HF_FAMILIES[family]
+    torch.manual_seed(0)
+    base = build().eval()
+    assert default_target_modules(base) == targets
+    frozen = copy.deepcopy(base).requires_grad_(False)  # T5 + SDPA on CPU: with and without grad differ by 4e-7
+    reference = frozen(**inputs).last_hidden_state
+    model = get_density_model(base, DensityConfig(norm_axis="tokens"))
+    layers = 2 if family == "bart" else 1  # one layer (per stack): attention output and FFN output
+    assert len(model.targeted_module_names) == 2 * layers
+    assert torch.equal(model(**inputs).last_hidden_state, reference)
+
+
+def test_default_targets_of_any_hf_folder(tmp_path):
     folder = tmp_path / "bert"  # any HF folder: what AutoModel loads from it
     BertModel(tiny_bert_config()).save_pretrained(folder)
     from transformers import AutoModel

@@ -120,3 +120,28 @@ def test_layer_rejects_a_module_without_known_size():
 def test_wrong_config_type():
     with pytest.raises(ValueError, match="config must be a densattn.peft.DensityConfig"):
         get_density_model(nn.Linear(2, 2), {"norm_axis": "tokens"})
+
+
+def test_encoder_decoder_tokens_axis_needs_the_decoder_excluded():
+    import transformers as T
+
+    config = T.BartConfig(
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        vocab_size=50,
+    )
+    ids, mask = torch.tensor([[0, 5, 7, 2]]), torch.ones(1, 4, dtype=torch.long)
+    decoder_ids = torch.tensor([[2, 0, 5]])
+    model = get_density_model(T.BartModel(config).eval(), DensityConfig(norm_axis="tokens"))
+    with pytest.raises(ValueError, match=r"does not fit module 'decoder.layers.0.self_attn.out_proj'"):
+        model(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids)
+    encoder_only = get_density_model(
+        T.BartModel(config).eval(), DensityConfig(norm_axis="tokens", exclude_modules=r".*decoder\..*")
+    )
+    assert all(n.startswith("encoder.") for n in encoder_only.targeted_module_names)
+    encoder_only(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids)

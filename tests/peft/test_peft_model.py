@@ -50,6 +50,7 @@ def test_identical_outputs_at_init(tiny_bert, batch, norm_axis, preset):
         tiny_bert, DensityConfig(norm_axis=norm_axis, preset=preset, num_heads=heads, num_gaussians=2)
     )
     assert len(list(model.density_layers())) == 4  # 2 layers x (attention output, FFN output)
+    assert not any(m.training for m in model.modules())  # the base model's eval mode, gates included
     got = model(**batch).last_hidden_state
     assert torch.equal(got, reference(**batch).last_hidden_state)
     with torch.no_grad():  # the gate is live: a nonzero mixing weight changes the output

@@ -105,6 +105,7 @@ class DensityModel(BaseTuner):
                 "(the gates replace modules in place)"
             )
         self.model = model
+        self.training = model.training  # not .train(): that would reset every submodule's own mode
         self.targeted_module_names: list[str] = []
         self.targeted_parameter_names: list[str] = []
         self._mask_source = _MaskSource()
@@ -164,6 +165,7 @@ class DensityModel(BaseTuner):
             target.update_layer(adapter_name, peft_config)
             return
         layer = DensityLayer(target, adapter_name, peft_config, module_name=current_key, mask_source=self._mask_source)
+        layer.train(target.training)
         self._replace_module(parent, target_name, layer, target)
 
     # ---- calling ----------------------------------------------------------------------------------------------

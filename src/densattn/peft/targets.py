@@ -22,11 +22,12 @@ __all__ = ["all_linear_modules", "default_target_modules", "gateable_modules", "
 
 # (attention output, feed-forward output) suffixes of common HF architectures; the first family with a match wins
 _HF_OUTPUT_PROJECTIONS: tuple[tuple[str, ...], ...] = (
-    ("attention.output.dense", "output.dense"),  # BERT, RoBERTa, ELECTRA, DeBERTa, ViT, DeiT, BEiT, LayoutLM
+    ("attention.output.dense", "output.dense"),  # BERT, RoBERTa, ELECTRA, DeBERTa, LayoutLM
+    ("attention.o_proj", "mlp.fc2"),  # ViT (transformers 5)
     ("attention.out_lin", "ffn.lin2"),  # DistilBERT
     ("self_attn.out_proj", "fc2"),  # Whisper, BART, Marian, OPT, CLIP
     ("attention.out_proj", "feed_forward.output_dense"),  # wav2vec 2.0, HuBERT, WavLM
-    ("self_attn.o_proj", "mlp.down_proj"),  # Llama, Mistral, Qwen2, Gemma
+    ("o_proj", "down_proj"),  # Llama, Mistral, Qwen2, Gemma
     ("attn.c_proj", "mlp.c_proj"),  # GPT-2 (transformers Conv1D)
     ("SelfAttention.o", "DenseReluDense.wo"),  # T5 encoder
     ("attention.dense", "mlp.dense_4h_to_h"),  # GPT-NeoX
@@ -140,7 +141,7 @@ def default_target_modules(model_or_encoder: Any) -> list[str]:
 
     * EfficientNet-Lite0 (:class:`densattn.encoders.efficientnet.EfficientNetLite0` or its encoder adapter):
       ``["_project_conv"]``, the last convolution of each of the 16 MBConv blocks (channels are the features).
-    * HF transformers (MiniLM / BERT, the Whisper encoder, ViT, wav2vec 2.0, DistilBERT, GPT-2, T5, Llama...):
+    * HF transformers (MiniLM / BERT, the Whisper encoder, ViT, wav2vec 2.0, DistilBERT, BART, GPT-2, T5, Llama...):
       the attention output and feed-forward output projections of every layer, found by name.
 
     Raises:
