@@ -98,3 +98,26 @@ def test_exclude_and_regex_targets(tiny_bert):
         DensityConfig(target_modules=r".*layer\.\d+\.output\.dense", exclude_modules=["layer.1.output.dense"]),
     )
     assert model.targeted_module_names == ["encoder.layer.0.output.dense"]
+
+
+def test_tuner_layer_bookkeeping_from_peft():
+    """peft's BaseTunerLayer methods on a DensityLayer: set_adapter (which adapters gate, which train),
+    enable_adapters and delete_adapter."""
+    layer = DensityLayer(torch.nn.Linear(4, 6), "a", DensityConfig(), module_name="proj")
+    layer.update_layer("b", DensityConfig(norm_axis="tokens"))
+    with torch.no_grad():
+        layer.daam_scale["a"].fill_(1.0)
+        layer.daam_scale["b"].fill_(0.5)
+    x = torch.randn(2, 5, 4)
+    h = layer.base_layer(x)
+    assert torch.equal(layer(x), layer.gate(h, "a"))  # only "a" is active
+    assert not layer.daam_scale["b"].requires_grad
+    layer.set_adapter(["a", "b"])
+    assert torch.equal(layer(x), layer.gate(layer.gate(h, "a"), "b"))
+    assert layer.daam_scale["b"].requires_grad
+    layer.enable_adapters(False)
+    assert torch.equal(layer(x), h)
+    layer.enable_adapters(True)
+    layer.delete_adapter("b")
+    assert set(layer.daam_gate) == set(layer.daam_scale) == set(layer.daam_settings) == {"a"}
+    assert layer.active_adapters == ["a"]

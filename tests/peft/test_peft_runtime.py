@@ -49,6 +49,18 @@ def test_inner_model_called_directly_gets_no_mask(tiny_bert, batch):
     assert (inner[2, :4] - masked[2, :4]).abs().max() > 1e-3
 
 
+def test_deep_copy_keeps_its_own_mask_plumbing(tiny_bert, batch):
+    model = live_model(tiny_bert)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        want = model(**batch).last_hidden_state
+        assert torch.equal(twin(**batch).last_hidden_state, want)
+        for p in twin.adapter_parameters():
+            p.mul_(0.5)
+        assert not torch.equal(twin(**batch).last_hidden_state, want)
+        assert torch.equal(model(**batch).last_hidden_state, want)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_model_is_identical_at_init(tiny_bert, batch, dtype):
     base = tiny_bert.to(dtype)

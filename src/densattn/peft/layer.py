@@ -133,6 +133,7 @@ class DensityLayer(nn.Module, BaseTunerLayer):
         )
         self.daam_scale[adapter_name] = nn.Parameter(torch.full((features,), config.init_gate, **factory))
         self.daam_settings[adapter_name] = _GateSettings(config.norm_axis)
+        self.set_adapter(self.active_adapters)  # a new, inactive adapter is frozen (peft's convention)
 
     def forward(self, *args, **kwargs) -> Tensor:
         """The wrapped module's output, gated by every active adapter (ungated when adapters are disabled)."""

@@ -53,8 +53,7 @@ _CALL_MASKS: ContextVar[dict[_MaskSource, Tensor | None] | None] = ContextVar("d
 
 class _MaskSource:
     """What a model's gates call to read the mask of the model call in progress. A context variable rather than
-    an attribute set on the model: concurrent calls from several threads (and nn.DataParallel replicas, which share
-    this object) each see their own mask."""
+    an attribute set on the model, so that concurrent calls from several threads each see their own mask."""
 
     def __call__(self) -> Tensor | None:
         return (_CALL_MASKS.get() or {}).get(self)
