@@ -158,6 +158,7 @@ def test_minilm_identical_at_init_and_masked(minilm_model, norm_axis):
         minilm_model, DensityConfig(norm_axis=norm_axis, num_heads=8 if norm_axis == "features" else 1)
     )
     assert len(model.targeted_module_names) == 12  # 6 layers x (attention output, FFN output)
+    assert model.get_nb_trainable_parameters()[0] == (4800 if norm_axis == "features" else 13824)  # docs/peft.md
     got = model(**tokens).last_hidden_state
     assert torch.equal(got, reference(**tokens).last_hidden_state)
     liven(model)
@@ -177,6 +178,7 @@ def test_whisper_encoder_identical_at_init_with_a_frame_mask(whisper_encoder, no
     reference = base(mel).last_hidden_state
     model = get_density_model(base, DensityConfig(norm_axis=norm_axis))
     assert len(model.targeted_module_names) == 8  # 4 layers x (out_proj, fc2)
+    assert model.get_nb_trainable_parameters()[0] == (3088 if norm_axis == "features" else 9216)
     assert torch.equal(model(mel, density_mask=frames).last_hidden_state, reference)
     liven(model)
     out = model(mel, density_mask=frames).last_hidden_state
@@ -195,6 +197,7 @@ def test_efficientnet_identical_at_init(efficientnet_encoder, norm_axis):
     reference = base(pixels)
     model = get_density_model(base, DensityConfig(norm_axis=norm_axis, num_heads=8 if norm_axis == "features" else 1))
     assert len(model.targeted_module_names) == 16  # one projection conv per MBConv block
+    assert model.get_nb_trainable_parameters()[0] == (2064 if norm_axis == "features" else 5424)
     outputs = model(pixels)
     assert all(torch.equal(a, b) for a, b in zip(outputs, reference))
     liven(model)

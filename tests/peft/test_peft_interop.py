@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 from _peft_helpers import trainable_names
-from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
-from peft.tuners.tuners_utils import BaseTunerLayer
+from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model, get_peft_model_state_dict
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils import register_peft_method
 
 from densattn.peft import (
@@ -82,6 +82,8 @@ def test_peft_functions_that_dispatch_on_peft_type_refuse_the_method(tiny_bert, 
     model.save_pretrained(tmp_path)
     with pytest.raises(KeyError, match="DAAM_PEFT"):
         PeftModel.from_pretrained(copy.deepcopy(tiny_bert), tmp_path)
+    with pytest.raises(KeyError, match="DAAM_PEFT"):
+        PeftConfig.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="Unknown PEFT type DAAM_PEFT"):
         register_peft_method(name="daam_peft", config_cls=DensityConfig, model_cls=DensityModel)
 
@@ -121,3 +123,11 @@ def test_tuner_layer_bookkeeping_from_peft():
     layer.delete_adapter("b")
     assert set(layer.daam_gate) == set(layer.daam_scale) == set(layer.daam_settings) == {"a"}
     assert layer.active_adapters == ["a"]
+
+
+def test_peft_own_unload_would_strip_the_lora_underneath(tiny_bert):
+    """Why DensityModel.unload is its own: peft's unwraps tuner layers recursively, then fails on a PeftModel."""
+    model = get_density_model(lora_model(tiny_bert), DensityConfig())
+    with pytest.raises(AttributeError, match="peft_config"):
+        BaseTuner.unload(model)
+    assert not any(isinstance(m, BaseTunerLayer) for m in model.modules())  # the LoRA layers went too
