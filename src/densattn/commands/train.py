@@ -18,7 +18,9 @@ from densattn.commands._common import (
 )
 from densattn.heads import HEAD_OPTIONS, HEAD_TYPES
 
-METHODS = ("head", "lora", "loraplus", "ia3")
+METHODS = ("head", "lora", "loraplus", "ia3", "daam-peft")
+#: flags of DAAM's kernel that --method daam-peft takes for its gates
+GATE_OPTIONS = ("preset", "num_heads", "num_gaussians")
 #: head option -> flag
 HEAD_FLAGS = {
     "preset": "--preset",
@@ -41,7 +43,8 @@ def add_train_arguments(p) -> None:
         "--method",
         default="head",
         choices=METHODS,
-        help="train a head on cached features (default) or tune the encoder end to end: lora | loraplus | ia3",
+        help="train a head on cached features (default) or tune the encoder end to end: lora | loraplus | ia3 | "
+        "daam-peft (DAAM gates inside the encoder)",
     )
     p.add_argument("--preset", default=None, help="DAAM preset (daam, gqdaam): paper | mixture_of_densities | mixture")
     p.add_argument(
@@ -66,6 +69,12 @@ def add_train_arguments(p) -> None:
     p.add_argument("--rank", type=int, default=None, help="LoRA rank r (lora, loraplus; default 8)")
     p.add_argument("--alpha", type=float, default=None, help="LoRA alpha, update scaled by alpha / r (default 16)")
     p.add_argument("--target-modules", default=None, help="comma-separated module names (default per encoder)")
+    p.add_argument(
+        "--norm-axis",
+        default=None,
+        choices=("features", "tokens"),
+        help="daam-peft: statistics over each token's features (default) or over the tokens of each feature",
+    )
     p.add_argument("--loraplus-ratio", type=float, default=None, help="LoRA+: lr of B = ratio x lr of A (default 16)")
     # fusion of several encoders' features of the same examples
     p.add_argument(
@@ -125,6 +134,11 @@ def head_options_from_args(args) -> dict:
         "layer": args.probe_layer,
     }
     given = {k: v for k, v in given.items() if v is not None}
+    if args.method == "daam-peft":
+        bad = [HEAD_FLAGS[k] for k in given if k not in GATE_OPTIONS]
+        if bad:
+            raise ValueError(f"{', '.join(bad)} do(es) not apply to --method daam-peft")
+        return {}
     if args.method != "head" or args.fusion:
         if given:
             what = f"--method {args.method}" if args.method != "head" else f"--fusion {args.fusion}"
@@ -145,6 +159,8 @@ def head_options_from_args(args) -> dict:
 def tuner_options_from_args(args) -> dict:
     """The tuner options of an end-to-end method (LoRA flags only for lora/loraplus)."""
     lora_flags = {"rank": args.rank, "alpha": args.alpha}
+    if args.norm_axis is not None and args.method != "daam-peft":
+        raise ValueError("--norm-axis applies to --method daam-peft only")
     if args.method == "head":
         given = [f"--{k}" for k, v in lora_flags.items() if v is not None]
         given += ["--target-modules"] if args.target_modules else []
@@ -161,6 +177,11 @@ def tuner_options_from_args(args) -> dict:
         bad = [f"--{k}" for k, v in lora_flags.items() if v is not None]
         if bad:
             raise ValueError(f"{', '.join(bad)} apply to --method lora|loraplus, not {args.method}")
+    if args.method == "daam-peft":
+        gate = {"preset": args.preset, "num_heads": args.num_heads, "num_gaussians": args.num_gaussians}
+        options.update({k: v for k, v in gate.items() if v is not None})
+        if args.norm_axis is not None:
+            options["norm_axis"] = args.norm_axis
     if args.loraplus_ratio is not None and args.method != "loraplus":
         raise ValueError("--loraplus-ratio applies to --method loraplus only")
     if args.target_modules:
@@ -234,6 +255,11 @@ def run(args) -> int:
     config = train_config_from_args(args)
     head_options = head_options_from_args(args)
     tuner_options = tuner_options_from_args(args)
+    if args.method != "head":
+        from densattn.adapters.tuners import make_tuner
+        from densattn.train.end_to_end import END_TO_END_METHODS
+
+        make_tuner(END_TO_END_METHODS[args.method.replace("-", "_")], **tuner_options)  # checks the options now
     fusion_options = _check_fusion(args)
     check_data_arguments(args)
     extra = {**data_record(args), **({"name": args.name} if args.name else {})}
@@ -287,7 +313,7 @@ def _train_end_to_end(args, run_dir, dataset, encoder, info, tuner_options, conf
         features.labels,
         features.classes,
         out=run_dir,
-        method=args.method,
+        method=args.method.replace("-", "_"),
         tuner_options=tuner_options,
         loraplus_ratio=args.loraplus_ratio if args.loraplus_ratio is not None else 16.0,
         train_config=config,
