@@ -66,6 +66,11 @@ class Payload:
 def test_resume_refuses_a_crafted_checkpoint_and_runs_none_of_it(
     finished_run, tmp_path, capsys, fortunes_cache, container
 ):
+    import pickle
+
+    proof = tmp_path / "payload-works"
+    pickle.loads(pickle.dumps(Payload(proof)))  # an unsafe loader would run it: the payload is real
+    assert proof.is_dir()
     run = copy_run(finished_run, tmp_path / "shared-run")
     marker = tmp_path / "code-ran"
     (run / "folds" / "1" / "result.json").unlink()  # fold 1 looks interrupted: --resume will read its checkpoint
@@ -73,8 +78,6 @@ def test_resume_refuses_a_crafted_checkpoint_and_runs_none_of_it(
     if container == "torch-zip":
         torch.save(state, run / "folds" / "1" / "state.pt")
     else:
-        import pickle
-
         (run / "folds" / "1" / "state.pt").write_bytes(pickle.dumps(state))
     code, err = run_main(train_argv(run, fortunes_cache, "--resume"), capsys)
     assert code == 2 and "state.pt" in err and "Traceback" not in err

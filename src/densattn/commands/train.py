@@ -285,9 +285,9 @@ def run(args) -> int:
     )
     failed = metrics.get("failed_folds") or []
     if failed:
-        total = len(failed) + metrics["num_folds"]
+        total, which = len(failed) + metrics["num_folds"], ", ".join(str(f["fold"]) for f in failed)
         print(
-            f"warning: {len(failed)} of {total} folds failed (folds {', '.join(str(f['fold']) for f in failed)}: "
+            f"densattn train: warning: {len(failed)} of {total} folds failed (folds {which}: "
             f"{failed[0]['reason']}); the summary covers the other {metrics['num_folds']}",
             file=sys.stderr,
         )
