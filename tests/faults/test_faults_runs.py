@@ -262,3 +262,14 @@ def test_cli_skip_fold_when_every_fold_diverges(tmp_path, capsys, fortunes_cache
     code, err = run_main(train_argv(out, fortunes_cache, "--on-nonfinite", "skip-fold", "--lr", "1e30"), capsys)
     assert code == 2 and "every fold diverged" in err and "train into a new --out" in err
     assert not (out / "metrics.json").exists() and not saved_tensors(out)
+
+
+def test_run_started_before_on_nonfinite_existed_still_resumes(tmp_path):
+    recorded = {"method": "pool", "train": TrainConfig().to_dict()}
+    del recorded["train"]["on_nonfinite"]  # what an older densattn wrote
+    with RunDirectory(tmp_path / "r") as run:
+        run.write_config(recorded)
+    with RunDirectory(tmp_path / "r", resume=True) as run:
+        run.write_config({"method": "pool", "train": TrainConfig().to_dict()})  # the default: the same run
+    with RunDirectory(tmp_path / "r", resume=True) as run, pytest.raises(ValueError, match="differs in \\['train'\\]"):
+        run.write_config({"method": "pool", "train": TrainConfig(on_nonfinite="skip-fold").to_dict()})
