@@ -7,6 +7,8 @@ and encoder specs and the head's options against the encoder's shape; only then 
 
 from __future__ import annotations
 
+import sys
+
 from densattn.commands._common import (
     add_data_arguments,
     check_data_arguments,
@@ -62,6 +64,13 @@ def add_train_arguments(p) -> None:
     p.add_argument("--loss", default="ce", choices=("ce", "focal"))
     p.add_argument("--patience", type=int, default=8, help="early stopping patience (epochs)")
     p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (CUDA when available)")
+    p.add_argument(
+        "--on-nonfinite",
+        default="error",
+        choices=("error", "skip-fold"),
+        help="when a fold's loss turns NaN/inf: stop the run with an error (default), or record the fold as "
+        "failed and go on with the next (the summary counts failed folds; no NaN weights are ever saved)",
+    )
     p.add_argument("--out", required=True, help="run directory (new, or existing with --resume)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--name", default=None, help="display name of the run in compare tables (default: the method)")
@@ -189,21 +198,44 @@ def tuner_options_from_args(args) -> dict:
     return options
 
 
+#: TrainConfig field -> the flag that sets it (errors name the flag)
+TRAIN_FLAGS = {
+    "epochs": "--epochs",
+    "batch_size": "--batch-size",
+    "lr": "--lr",
+    "weight_decay": "--weight-decay",
+    "loss": "--loss",
+    "early_stopping": "--patience",
+    "seed": "--seed",
+    "device": "--device",
+    "on_nonfinite": "--on-nonfinite",
+}
+
+
 def train_config_from_args(args):
-    """The :class:`~densattn.train.TrainConfig` of the training flags (``--lr`` defaults per method)."""
+    """The :class:`~densattn.train.TrainConfig` of the training flags (``--lr`` defaults per method); an invalid
+    value is an error that names its flag."""
     from densattn.train import TrainConfig
 
     default_lr = 1e-3 if args.method == "head" else 5e-4
-    return TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr if args.lr is not None else default_lr,
-        weight_decay=args.weight_decay,
-        loss=args.loss,
-        early_stopping=args.patience,
-        seed=args.seed,
-        device=args.device,
-    )
+    try:
+        return TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr if args.lr is not None else default_lr,
+            weight_decay=args.weight_decay,
+            loss=args.loss,
+            early_stopping=args.patience,
+            seed=args.seed,
+            device=args.device,
+            on_nonfinite=args.on_nonfinite,
+        )
+    except ValueError as err:
+        text = str(err)
+        field, _, rest = text.partition(" ")
+        if field in TRAIN_FLAGS:
+            text = f"{TRAIN_FLAGS[field]} {rest}"
+        raise ValueError(text) from None
 
 
 def fusion_encoder_options(pairs: list[str], count: int) -> list[dict]:
@@ -277,14 +309,28 @@ def run(args) -> int:
         f"{metrics['method']}: accuracy {metrics['accuracy_mean']:.3f} ± {metrics['accuracy_std']:.3f}, "
         f"macro-F1 {metrics['macro_f1_mean']:.3f}, trainable params {metrics['trainable_params']:,} -> {args.out}"
     )
+    failed = metrics.get("failed_folds") or []
+    if failed:
+        total, which = len(failed) + metrics["num_folds"], ", ".join(str(f["fold"]) for f in failed)
+        print(
+            f"densattn train: warning: {len(failed)} of {total} folds failed (folds {which}: "
+            f"{failed[0]['reason']}); the summary covers the other {metrics['num_folds']}",
+            file=sys.stderr,
+        )
     return 0
 
 
 def _train_head(args, run_dir, dataset, encoder, head_options, config, folds, extra) -> dict:
     from densattn.heads import build_head
     from densattn.train import run_experiment
+    from densattn.train.loop import check_trainable
 
-    build_head(args.head, encoder.num_layers, encoder.dim, len(dataset.classes), **head_options)  # fails fast
+    try:  # fails fast: before any feature is extracted or file written
+        probe = build_head(args.head, encoder.num_layers, encoder.dim, len(dataset.classes), **head_options)
+    except ValueError as err:
+        given = " ".join(f"{HEAD_FLAGS[k]} {v}" for k, v in head_options.items() if k in HEAD_FLAGS)
+        raise ValueError(f"--head {args.head} {given}".strip() + f" on --encoder {args.encoder}: {err}") from None
+    check_trainable(probe, config)
     features, info, _ = features_from_args(args, dataset, encoder)
     return run_experiment(
         features,

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file
 
 from densattn.data.dataset import LabeledDataset
-from densattn.io import atomic_save_file, atomic_write_text
+from densattn.io import atomic_save_file, atomic_write_text, remove_stale_temp_files
 
 SHARD_SIZE = 1024
 FORMAT_VERSION = 1
@@ -162,6 +162,7 @@ def _extract(encoder, dataset, entry: Path, spec, batch_size, progress, dtype) -
     from tqdm.auto import tqdm
 
     entry.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(entry, recursive=False)  # shards half-written by a killed extraction
     n = len(dataset)
     progress_path = entry / "progress.json"
     done: list[dict[str, Any]] = []
