@@ -1,13 +1,40 @@
-"""Fixtures for pipeline tests: a small real text slice on the bundled MiniLM, and a tiny counting encoder."""
+"""Shared fixtures (a small real text slice on the bundled MiniLM, a tiny counting encoder) and the CI rule on skips.
+
+Tests that need bundled data or packages skip locally when those are missing (with the install line). In CI
+(``DENSATTN_REQUIRE_DATA=1``, set by ``.ci/run``) the Makefile has installed them, so such a skip would hide a broken
+install or loader: every skip then fails, except the ones that cannot run on this machine by nature (no CUDA, no
+second machine) and doctest lines marked ``+SKIP``.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import os
+from pathlib import Path
 
 import pytest
 import torch
 
 from densattn.data.dataset import LabeledDataset
+
+#: skip reasons that stay skips in CI: hardware this machine does not have, and doctest +SKIP lines
+ALLOWED_SKIPS = ("CUDA", "GPU", "+SKIP")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if not os.environ.get("DENSATTN_REQUIRE_DATA") or not report.skipped:
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if any(word in reason for word in ALLOWED_SKIPS):
+        return
+    report.outcome = "failed"
+    report.longrepr = (
+        f"skipped in CI ({reason}), but DENSATTN_REQUIRE_DATA=1: `make test` installs the bundled data and packages, "
+        "so this skip hides a broken install or loader"
+    )
 
 
 class CountingEncoder:
@@ -58,10 +85,9 @@ def text_features(tmp_path_factory):
     from densattn.data.cache import cached_features
     from densattn.encoders import get_encoder
 
-    try:
-        dataset = load_dataset("fortunes", max_samples=120, seed=0)
-    except ValueError as err:
-        pytest.skip(str(err))
+    if not Path("/usr/share/games/fortunes").is_dir():
+        pytest.skip("needs Debian fortunes (sudo apt-get install -y fortunes)")
+    dataset = load_dataset("fortunes", max_samples=120, seed=0)  # a loader error fails, never skips
     cache = tmp_path_factory.mktemp("cache")
     return cached_features(get_encoder("minilm"), dataset, cache_dir=cache)
 

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -49,7 +50,22 @@ def _temp_path(path: Path) -> Path:
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it over ``path``.
 
-    The temporary file is removed when ``write`` or the rename fails (e.g. disk full), and the error is re-raised.
+    The temporary file is removed when ``write`` or the rename fails, and the error is re-raised; an OS error names
+    ``path`` (not the temporary file). A full disk is reported as ``OSError(ENOSPC)`` naming ``path`` whatever the
+    writer raised (``torch.save`` and safetensors raise their own errors for it).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> target = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
+        >>> def fails(tmp):
+        ...     tmp.write_text("half")
+        ...     raise OSError(28, "No space left on device")
+        >>> atomic_write(target, fails)
+        Traceback (most recent call last):
+        ...
+        OSError: [Errno 28] No space left on device: '...a.txt'
+        >>> sorted(target.parent.iterdir())  # no temporary file left
+        []
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,9 +73,32 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except Exception as err:
+        full = _disk_full(err, path.parent)
+        tmp.unlink(missing_ok=True)
+        if full and not (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from err
+        if isinstance(err, OSError) and (err.filename is None or str(err.filename) == str(tmp)):
+            err.filename = str(path)
+        raise
+    except BaseException:  # KeyboardInterrupt, SystemExit
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _disk_full(err: Exception, folder: Path) -> bool:
+    """Whether a failed write failed because the disk (or the quota) is full."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if "No space left on device" in str(err) or "os error 28" in str(err):
+        return True
+    if isinstance(err, (TypeError, ValueError, AttributeError, KeyError)):  # a bug in what is written, not the disk
+        return False
+    try:
+        stat = os.statvfs(folder)
+    except (OSError, AttributeError):  # no statvfs on this platform
+        return False
+    return stat.f_bavail * stat.f_frsize < 1 << 20
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

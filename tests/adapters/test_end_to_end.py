@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
-from densattn.adapters import IA3Tuner, LoraTuner, PeftClassifier, load_adapter
+from densattn.adapters import DensityTuner, IA3Tuner, LoraTuner, PeftClassifier, load_adapter
 from densattn.encoders import get_encoder
 from densattn.train import TrainConfig, make_folds
 from densattn.train.end_to_end import EndToEndMethod, run_end_to_end_experiment
@@ -237,7 +237,19 @@ def test_target_modules_that_match_nothing(tiny_bert):
         PeftClassifier(tiny_bert, ["a", "b"], tuner=LoraTuner(target_modules=["no_such_module"]))
 
 
-@pytest.mark.parametrize("method", ["lora", "loraplus", "ia3"])
+@pytest.mark.parametrize("norm_axis", ["features", "tokens"])
+def test_daam_peft_classifier_starts_as_the_frozen_encoder(tiny_bert, norm_axis):
+    model = PeftClassifier(tiny_bert, ["w", "x", "y", "z"], tuner=DensityTuner(norm_axis=norm_axis))
+    assert model.tuner.target_modules == ["attention.output.dense", "output.dense"]
+    # per gated module, paper preset, 1 head: one gate weight per feature, plus the offset and spread: per feature
+    # over the tokens ("tokens"), or one scalar pair per head over each token's features ("features")
+    per_module = HIDDEN + (2 * HIDDEN if norm_axis == "tokens" else 2)
+    assert model.parameter_counts()["trainable_params_without_classifier"] == LAYERS * 2 * per_module
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval().pooled(model.prepare(TEXTS[:4])), tiny_bert.encode(TEXTS[:4])[:, -1])
+
+
+@pytest.mark.parametrize("method", ["lora", "loraplus", "ia3", "daam_peft"])
 def test_run_directory(tiny_bert, tiny_bert_path, tmp_path, method):
     cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-3, seed=3)
     out = tmp_path / "run"
@@ -248,7 +260,7 @@ def test_run_directory(tiny_bert, tiny_bert_path, tmp_path, method):
         ["w", "x", "y", "z"],
         out=out,
         method=method,
-        tuner_options={"rank": 2, "alpha": 4.0} if method != "ia3" else {},
+        tuner_options={"rank": 2, "alpha": 4.0} if method in ("lora", "loraplus") else {},
         train_config=cfg,
         folds=2,
         encoder_info={"name": tiny_bert_path, "options": {"max_length": 16}, **tiny_bert.identity()},
@@ -259,7 +271,7 @@ def test_run_directory(tiny_bert, tiny_bert_path, tmp_path, method):
     for key in ("accuracy_mean", "macro_f1_mean", "trainable_params", "trainable_params_without_classifier"):
         assert saved[key] == metrics[key]
     assert saved["method"] == method and saved["kind"] == "end_to_end"
-    if method != "ia3":
+    if method in ("lora", "loraplus"):
         assert config["tuner"] == {"method": "lora", "target_modules": ["query", "value"], "rank": 2, "alpha": 4.0,
                                    "dropout": 0.0}  # fmt: skip
         assert saved["trainable_params"] == LAYERS * 2 * 2 * (2 * HIDDEN) + HIDDEN * 4 + 4
@@ -306,3 +318,28 @@ def test_cli_train_lora(tiny_bert_path, tmp_path):
     with torch.no_grad():
         predicted = model(model.prepare(TEXTS)).argmax(-1)
     assert json.loads(scores.read_text())["accuracy"] == float((predicted == torch.tensor(LABELS)).double().mean())
+
+
+def test_cli_train_daam_peft_and_evaluate(tiny_bert_path, tmp_path):
+    from densattn.cli import main
+
+    table = tmp_path / "texts.csv"
+    table.write_text("text,label\n" + "".join(f"{t},{'wxyz'[y]}\n" for t, y in zip(TEXTS, LABELS)))
+    out = tmp_path / "run"
+    argv = ["train", "--method", "daam-peft", "--norm-axis", "tokens", "--encoder", tiny_bert_path]
+    argv += ["--data", f"csv:{table}", "--folds", "2", "--epochs", "2", "--batch-size", "8", "--lr", "1e-2"]
+    argv += ["--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    assert main(argv) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["method"] == "daam_peft" and config["tuner"]["norm_axis"] == "tokens"
+    model = load_adapter(out)
+    assert model.get_config().type == "daam_peft"
+    gates = [p for n, p in model.named_parameters() if "daam_scale" in n]
+    assert gates and any(bool((g != 0).any()) for g in gates)  # training moved the gates off the identity
+    scores = tmp_path / "scores.json"
+    assert main(["evaluate", str(out), "--data", f"csv:{table}", "--out", str(scores)]) == 0
+    with torch.no_grad():
+        predicted = model(model.prepare(TEXTS)).argmax(-1)
+    assert json.loads(scores.read_text())["accuracy"] == float((predicted == torch.tensor(LABELS)).double().mean())
+    bad = argv[:-1] + [str(tmp_path / "other"), "--rank", "4"]
+    assert main(bad) == 2

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import densattn.train.loop as loop
-from densattn.adapters import DensityAdapterModel
+from densattn.adapters import DensityAdapterModel, load_adapter
 from densattn.cli import main
 from densattn.heads import DensityHead, LinearProbe, build_head, count_parameters, near_square
 from densattn.train import TrainConfig, run_experiment
@@ -97,9 +97,13 @@ def test_run_writes_outputs_and_adapter_round_trip(text_features, tmp_path):
 def test_linear_probe_selects_a_layer_and_reloads(text_features, tmp_path):
     metrics = run_experiment(text_features, head="linear", out=tmp_path / "lin", folds=2, train_config=FAST)
     layer = metrics["folds"][0]["selected_layer"]
-    assert 0 <= layer < 7 and metrics["trainable_params"] == 384 * 4 + 4
-    model = DensityAdapterModel.from_pretrained(tmp_path / "lin")
+    assert metrics["trainable_params"] == 384 * 4 + 4  # one probe kept
+    model = load_adapter(tmp_path / "lin")
     assert isinstance(model.head, LinearProbe) and int(model.head.selected) == layer
+    assert model.get_config().head_options == {"layer": layer}  # derived from the module, not patched
+    x = text_features.features[:16]
+    z = (x[:, layer] - model.head.input_norm.mean[layer]) / model.head.input_norm.std[layer]
+    torch.testing.assert_close(model(x), z @ model.head.classifier.weight.T + model.head.classifier.bias)
 
 
 class Interrupted(Exception):

@@ -2,7 +2,8 @@
 
 * ``"head"`` — :class:`DensityAdapterModel`, a head on pooled per-layer features;
 * ``"fusion"`` — :class:`FusionAdapter`, a fusion head over several encoders' features;
-* ``"lora"`` / ``"ia3"`` — :class:`PeftClassifier`, an encoder tuned end to end with a linear classifier.
+* ``"lora"`` / ``"ia3"`` / ``"daam_peft"`` — :class:`PeftClassifier`, an encoder tuned end to end (LoRA, IA3, or DAAM
+  gates inside the model) with a linear classifier.
 
 :func:`load_adapter` opens any of them from a run directory.
 """
@@ -24,6 +25,7 @@ from densattn.adapters.head import DensityAdapterModel, HeadConfig
 _LAZY = {  # these import peft
     "PeftClassifier": "densattn.adapters.end_to_end",
     "PeftClassifierConfig": "densattn.adapters.end_to_end",
+    "DensityTuner": "densattn.adapters.tuners",
     "IA3Tuner": "densattn.adapters.tuners",
     "LoraTuner": "densattn.adapters.tuners",
     "make_tuner": "densattn.adapters.tuners",

@@ -1,6 +1,6 @@
 """An encoder fine-tuned end to end (LoRA, IA3), pooled, and a linear classifier: :class:`PeftClassifier`.
 
-Adapter types ``"lora"`` and ``"ia3"`` (the tuner's method; see :mod:`densattn.adapters.tuners`).
+Adapter types ``"lora"``, ``"ia3"`` and ``"daam_peft"`` (the tuner's method; see :mod:`densattn.adapters.tuners`).
 
 The classifier runs the encoder's own preprocessing, the tuned encoder **in eval mode** (no dropout inside it,
 BatchNorm statistics frozen: exactly the function whose features the heads see, plus the tuner), mean-pools the
@@ -46,7 +46,7 @@ class PeftClassifierConfig(AdapterConfig):
     """Config of an encoder tuned end to end with a linear classifier on its pooled last layer.
 
     Attributes:
-        type: the tuner's method (``"lora"`` or ``"ia3"``).
+        type: the tuner's method (``"lora"``, ``"ia3"`` or ``"daam_peft"``).
         encoder: the encoder to rebuild (``name``, ``options``) and its identity (weights hash, settings).
         classes: class names.
         tuner: the tuner's options (``densattn.adapters.tuners``), targets resolved.
@@ -54,7 +54,7 @@ class PeftClassifierConfig(AdapterConfig):
         pooling: how the last hidden state is pooled.
     """
 
-    types: ClassVar[tuple[str, ...]] = ("lora", "ia3")
+    types: ClassVar[tuple[str, ...]] = ("lora", "ia3", "daam_peft")
 
     type: str = "lora"
     encoder: dict[str, Any] = field(default_factory=dict)
@@ -170,7 +170,7 @@ class PeftClassifier(AdapterMixin, nn.Module):
         return {"pixel_values": torch.cat(pixels)}
 
     def pooled(self, inputs: dict[str, Tensor]) -> Tensor:
-        """Last-layer pooled features ``(B, dim)`` (differentiable through the LoRA matrices)."""
+        """Last-layer pooled features ``(B, dim)`` (differentiable through the tuner's parameters)."""
         device = self.classifier.weight.device
         if self.kind == "text" and inputs["attention_mask"].device.type == "cpu":
             width = int(inputs["attention_mask"].sum(1).max())  # trim columns that are padding for the whole batch
@@ -181,7 +181,8 @@ class PeftClassifier(AdapterMixin, nn.Module):
             hidden = self.backbone(**inputs).last_hidden_state  # (B, T, D)
             return masked_mean(hidden[:, None], mask)[:, 0]  # (B, D)
         if self.kind == "whisper":
-            hidden = self.backbone(inputs["input_features"]).last_hidden_state  # (B, T, D), final layer norm
+            extra = {"density_mask": inputs["mask"]} if self.tuner.method == "daam_peft" else {}  # valid frames
+            hidden = self.backbone(inputs["input_features"], **extra).last_hidden_state  # (B, T, D), final norm
             return masked_mean(hidden[:, None], inputs["mask"])[:, 0]  # (B, D)
         if self.kind == "efficientnet":
             return self.backbone(inputs["pixel_values"])[-1].mean(dim=(2, 3))  # (B, C): last block, all pixels

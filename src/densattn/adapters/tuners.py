@@ -14,6 +14,10 @@ holds one; its config records ``tuner.to_dict()``.
   targeted feed-forward layer, ``h = W0 (l ⊙ x)``. Parameters: ``out`` per targeted projection, ``in`` per targeted
   feed-forward layer.
 
+* DAAM inside the model (:class:`DensityTuner`, :mod:`densattn.peft`) gates target outputs:
+  ``y = h (1 + g (a(h) - 1))``, ``g`` initialised at 0. Parameters: per target, ``2 H F`` offsets and spreads
+  (``paper`` preset) plus ``F`` gate weights.
+
 Default targets per bundled encoder (:func:`default_target_modules`): MiniLM / BERT ``query, value`` (LoRA, as the
 LoRA paper and peft's default) and ``key, value, output.dense`` with ``output.dense`` as feed-forward (IA3, peft's
 default for BERT); Whisper ``q_proj, v_proj`` (LoRA) and ``k_proj, v_proj, fc2`` (IA3); EfficientNet the 1x1
@@ -30,6 +34,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 __all__ = [
+    "DensityTuner",
     "IA3Tuner",
     "LoraTuner",
     "TUNERS",
@@ -227,7 +232,77 @@ class IA3Tuner(_PeftTuner):
         return IA3Config(target_modules=list(self.target_modules or []), feedforward_modules=ff)
 
 
-TUNERS: dict[str, type[_PeftTuner]] = {"lora": LoraTuner, "ia3": IA3Tuner}
+@dataclass
+class DensityTuner(_PeftTuner):
+    """DAAM inside the model (:mod:`densattn.peft`): every target module's output ``h`` is gated as
+    ``y = h (1 + g (a(h) - 1))`` with ``a`` the DAAM density weights and ``g`` a learned weight per output feature,
+    initialised at 0 (the tuned model equals the frozen one at initialisation; ``g = 1`` is pure DAAM ``y = h a``).
+
+    Args:
+        target_modules: modules to gate (default: the encoder's attention and feed-forward output projections; the
+            1x1 projection convolutions of EfficientNet), names or one regex.
+        norm_axis: ``"features"`` (per token, over the hidden features) or ``"tokens"`` (per feature, over the
+            sequence, honouring the padding mask).
+        num_heads, num_gaussians, preset: the DAAM kernel's options.
+
+    Example:
+        >>> DensityTuner(norm_axis="tokens").to_dict()["method"]
+        'daam_peft'
+    """
+
+    method: ClassVar[str] = "daam_peft"
+    norm_axis: str = "features"
+    num_heads: int = 1
+    num_gaussians: int = 1
+    preset: str = "paper"
+
+    def __post_init__(self) -> None:
+        self.density_config()  # validates the options
+
+    def resolve(self, encoder) -> DensityTuner:
+        from densattn.peft import default_target_modules as density_targets
+
+        encoder_kind(encoder)  # refuses encoders with no end-to-end path
+        targets = self.target_modules or density_targets(encoder.raw_model())
+        return DensityTuner(
+            target_modules=list(targets) if not isinstance(targets, str) else targets,
+            norm_axis=self.norm_axis,
+            num_heads=self.num_heads,
+            num_gaussians=self.num_gaussians,
+            preset=self.preset,
+        )
+
+    def density_config(self):
+        from densattn.peft import DensityConfig
+
+        return DensityConfig(
+            target_modules=self.target_modules,
+            norm_axis=self.norm_axis,
+            num_heads=self.num_heads,
+            num_gaussians=self.num_gaussians,
+            preset=self.preset,
+            modules_to_save=[],  # the classifier lives beside the encoder, saved by PeftClassifier
+        )
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        from densattn.peft import get_density_model
+
+        return get_density_model(model, self.density_config())
+
+    @staticmethod
+    def state_dict(wrapped: nn.Module) -> dict[str, Tensor]:
+        from densattn.peft import get_density_model_state_dict
+
+        return get_density_model_state_dict(wrapped)
+
+    @staticmethod
+    def load_state_dict(wrapped: nn.Module, state: dict[str, Tensor]) -> None:
+        from densattn.peft import set_density_model_state_dict
+
+        set_density_model_state_dict(wrapped, state)
+
+
+TUNERS: dict[str, type[_PeftTuner]] = {"lora": LoraTuner, "ia3": IA3Tuner, "daam_peft": DensityTuner}
 
 
 def make_tuner(method: str, /, **options: Any) -> _PeftTuner:

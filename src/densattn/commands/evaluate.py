@@ -20,16 +20,26 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def run_root(path: Path) -> Path:
+    """The run directory that ``path`` belongs to: ``RUN`` for ``RUN``, ``RUN/folds/K`` and ``RUN/folds/K/adapter``."""
+    path = path.expanduser().resolve()
+    if path.name == "adapter" and path.parent.name.isdigit() and path.parent.parent.name == "folds":
+        return path.parent.parent.parent
+    if path.name.isdigit() and path.parent.name == "folds":
+        return path.parent.parent
+    return path
+
+
 def _check_out(out: str | None, run_dir: Path) -> Path | None:
     if out is None:
         return None
     path = Path(out).expanduser().resolve()
     if path.is_dir():
         raise ValueError(f"--out {out} is a directory; give a file path such as {Path(out) / 'evaluation.json'}")
-    root = run_dir.resolve()
+    root = run_root(run_dir)
     if path == root or root in path.parents:
         raise ValueError(
-            f"--out {out} lies inside the run directory {run_dir}, whose files belong to the run; write the "
+            f"--out {out} lies inside the run directory {root}, whose files belong to the run; write the "
             "evaluation elsewhere (e.g. --out evaluation.json)"
         )
     return path

@@ -7,6 +7,8 @@ and encoder specs and the head's options against the encoder's shape; only then 
 
 from __future__ import annotations
 
+import sys
+
 from densattn.commands._common import (
     add_data_arguments,
     check_data_arguments,
@@ -18,7 +20,9 @@ from densattn.commands._common import (
 )
 from densattn.heads import HEAD_OPTIONS, HEAD_TYPES
 
-METHODS = ("head", "lora", "loraplus", "ia3")
+METHODS = ("head", "lora", "loraplus", "ia3", "daam-peft")
+#: flags of DAAM's kernel that --method daam-peft takes for its gates
+GATE_OPTIONS = ("preset", "num_heads", "num_gaussians")
 #: head option -> flag
 HEAD_FLAGS = {
     "preset": "--preset",
@@ -41,7 +45,8 @@ def add_train_arguments(p) -> None:
         "--method",
         default="head",
         choices=METHODS,
-        help="train a head on cached features (default) or tune the encoder end to end: lora | loraplus | ia3",
+        help="train a head on cached features (default) or tune the encoder end to end: lora | loraplus | ia3 | "
+        "daam-peft (DAAM gates inside the encoder)",
     )
     p.add_argument("--preset", default=None, help="DAAM preset (daam, gqdaam): paper | mixture_of_densities | mixture")
     p.add_argument(
@@ -59,6 +64,13 @@ def add_train_arguments(p) -> None:
     p.add_argument("--loss", default="ce", choices=("ce", "focal"))
     p.add_argument("--patience", type=int, default=8, help="early stopping patience (epochs)")
     p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (CUDA when available)")
+    p.add_argument(
+        "--on-nonfinite",
+        default="error",
+        choices=("error", "skip-fold"),
+        help="when a fold's loss turns NaN/inf: stop the run with an error (default), or record the fold as "
+        "failed and go on with the next (the summary counts failed folds; no NaN weights are ever saved)",
+    )
     p.add_argument("--out", required=True, help="run directory (new, or existing with --resume)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--name", default=None, help="display name of the run in compare tables (default: the method)")
@@ -66,6 +78,12 @@ def add_train_arguments(p) -> None:
     p.add_argument("--rank", type=int, default=None, help="LoRA rank r (lora, loraplus; default 8)")
     p.add_argument("--alpha", type=float, default=None, help="LoRA alpha, update scaled by alpha / r (default 16)")
     p.add_argument("--target-modules", default=None, help="comma-separated module names (default per encoder)")
+    p.add_argument(
+        "--norm-axis",
+        default=None,
+        choices=("features", "tokens"),
+        help="daam-peft: statistics over each token's features (default) or over the tokens of each feature",
+    )
     p.add_argument("--loraplus-ratio", type=float, default=None, help="LoRA+: lr of B = ratio x lr of A (default 16)")
     # fusion of several encoders' features of the same examples
     p.add_argument(
@@ -125,6 +143,11 @@ def head_options_from_args(args) -> dict:
         "layer": args.probe_layer,
     }
     given = {k: v for k, v in given.items() if v is not None}
+    if args.method == "daam-peft":
+        bad = [HEAD_FLAGS[k] for k in given if k not in GATE_OPTIONS]
+        if bad:
+            raise ValueError(f"{', '.join(bad)} do(es) not apply to --method daam-peft")
+        return {}
     if args.method != "head" or args.fusion:
         if given:
             what = f"--method {args.method}" if args.method != "head" else f"--fusion {args.fusion}"
@@ -145,6 +168,8 @@ def head_options_from_args(args) -> dict:
 def tuner_options_from_args(args) -> dict:
     """The tuner options of an end-to-end method (LoRA flags only for lora/loraplus)."""
     lora_flags = {"rank": args.rank, "alpha": args.alpha}
+    if args.norm_axis is not None and args.method != "daam-peft":
+        raise ValueError("--norm-axis applies to --method daam-peft only")
     if args.method == "head":
         given = [f"--{k}" for k, v in lora_flags.items() if v is not None]
         given += ["--target-modules"] if args.target_modules else []
@@ -161,6 +186,11 @@ def tuner_options_from_args(args) -> dict:
         bad = [f"--{k}" for k, v in lora_flags.items() if v is not None]
         if bad:
             raise ValueError(f"{', '.join(bad)} apply to --method lora|loraplus, not {args.method}")
+    if args.method == "daam-peft":
+        gate = {"preset": args.preset, "num_heads": args.num_heads, "num_gaussians": args.num_gaussians}
+        options.update({k: v for k, v in gate.items() if v is not None})
+        if args.norm_axis is not None:
+            options["norm_axis"] = args.norm_axis
     if args.loraplus_ratio is not None and args.method != "loraplus":
         raise ValueError("--loraplus-ratio applies to --method loraplus only")
     if args.target_modules:
@@ -168,21 +198,44 @@ def tuner_options_from_args(args) -> dict:
     return options
 
 
+#: TrainConfig field -> the flag that sets it (errors name the flag)
+TRAIN_FLAGS = {
+    "epochs": "--epochs",
+    "batch_size": "--batch-size",
+    "lr": "--lr",
+    "weight_decay": "--weight-decay",
+    "loss": "--loss",
+    "early_stopping": "--patience",
+    "seed": "--seed",
+    "device": "--device",
+    "on_nonfinite": "--on-nonfinite",
+}
+
+
 def train_config_from_args(args):
-    """The :class:`~densattn.train.TrainConfig` of the training flags (``--lr`` defaults per method)."""
+    """The :class:`~densattn.train.TrainConfig` of the training flags (``--lr`` defaults per method); an invalid
+    value is an error that names its flag."""
     from densattn.train import TrainConfig
 
     default_lr = 1e-3 if args.method == "head" else 5e-4
-    return TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr if args.lr is not None else default_lr,
-        weight_decay=args.weight_decay,
-        loss=args.loss,
-        early_stopping=args.patience,
-        seed=args.seed,
-        device=args.device,
-    )
+    try:
+        return TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr if args.lr is not None else default_lr,
+            weight_decay=args.weight_decay,
+            loss=args.loss,
+            early_stopping=args.patience,
+            seed=args.seed,
+            device=args.device,
+            on_nonfinite=args.on_nonfinite,
+        )
+    except ValueError as err:
+        text = str(err)
+        field, _, rest = text.partition(" ")
+        if field in TRAIN_FLAGS:
+            text = f"{TRAIN_FLAGS[field]} {rest}"
+        raise ValueError(text) from None
 
 
 def fusion_encoder_options(pairs: list[str], count: int) -> list[dict]:
@@ -234,6 +287,11 @@ def run(args) -> int:
     config = train_config_from_args(args)
     head_options = head_options_from_args(args)
     tuner_options = tuner_options_from_args(args)
+    if args.method != "head":
+        from densattn.adapters.tuners import make_tuner
+        from densattn.train.end_to_end import END_TO_END_METHODS
+
+        make_tuner(END_TO_END_METHODS[args.method.replace("-", "_")], **tuner_options)  # checks the options now
     fusion_options = _check_fusion(args)
     check_data_arguments(args)
     extra = {**data_record(args), **({"name": args.name} if args.name else {})}
@@ -255,14 +313,28 @@ def run(args) -> int:
         f"{metrics['method']}: accuracy {metrics['accuracy_mean']:.3f} ± {metrics['accuracy_std']:.3f}, "
         f"macro-F1 {metrics['macro_f1_mean']:.3f}, trainable params {metrics['trainable_params']:,} -> {args.out}"
     )
+    failed = metrics.get("failed_folds") or []
+    if failed:
+        total, which = len(failed) + metrics["num_folds"], ", ".join(str(f["fold"]) for f in failed)
+        print(
+            f"densattn train: warning: {len(failed)} of {total} folds failed (folds {which}: "
+            f"{failed[0]['reason']}); the summary covers the other {metrics['num_folds']}",
+            file=sys.stderr,
+        )
     return 0
 
 
 def _train_head(args, run_dir, dataset, encoder, head_options, config, folds, extra) -> dict:
     from densattn.heads import build_head
     from densattn.train import run_experiment
+    from densattn.train.loop import check_trainable
 
-    build_head(args.head, encoder.num_layers, encoder.dim, len(dataset.classes), **head_options)  # fails fast
+    try:  # fails fast: before any feature is extracted or file written
+        probe = build_head(args.head, encoder.num_layers, encoder.dim, len(dataset.classes), **head_options)
+    except ValueError as err:
+        given = " ".join(f"{HEAD_FLAGS[k]} {v}" for k, v in head_options.items() if k in HEAD_FLAGS)
+        raise ValueError(f"--head {args.head} {given}".strip() + f" on --encoder {args.encoder}: {err}") from None
+    check_trainable(probe, config)
     features, info, _ = features_from_args(args, dataset, encoder)
     return run_experiment(
         features,
@@ -291,7 +363,7 @@ def _train_end_to_end(args, run_dir, dataset, encoder, info, tuner_options, conf
         features.labels,
         features.classes,
         out=run_dir,
-        method=args.method,
+        method=args.method.replace("-", "_"),
         tuner_options=tuner_options,
         loraplus_ratio=args.loraplus_ratio if args.loraplus_ratio is not None else 16.0,
         train_config=config,

@@ -24,6 +24,7 @@ import numpy as np
 from densattn.data.audio import TARGET_SAMPLE_RATE, check_audio_file, resample
 from densattn.data.dataset import LabeledDataset, build_dataset, stratified_indices
 from densattn.data.images import read_idx
+from densattn.io import atomic_write, remove_stale_temp_files
 
 FORTUNES_DIRS = ("/usr/share/games/fortunes", "/usr/share/fortune", "/usr/share/fortunes")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -288,10 +289,9 @@ def synthesize_clip(text: str, path: Path, *, voice: str, rate: int, pitch: int)
         wave, sr = sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)
     except (OSError, subprocess.CalledProcessError, RuntimeError) as err:
         raise ValueError(f"espeak-ng failed for voice={voice!r} ({' '.join(cmd)}): {err}") from err
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    sf.write(tmp, resample(wave.mean(axis=1), int(sr)), TARGET_SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    os.replace(tmp, path)  # atomic: parallel workers never see half a file
+    mono = resample(wave.mean(axis=1), int(sr))
+    # atomic: parallel workers never see half a file, and a failed write leaves no temporary file
+    atomic_write(path, lambda tmp: sf.write(tmp, mono, TARGET_SAMPLE_RATE, subtype="PCM_16", format="WAV"))
 
 
 def load_espeak_synthetic(
@@ -318,6 +318,7 @@ def load_espeak_synthetic(
     rates, pitches = [int(r) for r in split["rates"]], [int(p) for p in split["pitches"]]
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = folder / "espeak-synthetic" / version
+    remove_stale_temp_files(folder)  # clips half-written by a killed process
     plan = [(w, v, r, p) for w in keywords for v in voices for r in rates for p in pitches]
     names = [w for w, _, _, _ in plan]
     classes = sorted(set(names))

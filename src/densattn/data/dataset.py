@@ -206,14 +206,27 @@ def build_dataset(
 ) -> LabeledDataset:
     """Sort the class names, number the labels, apply the stratified ``max_samples`` subsample, wrap it.
 
-    Raises ``ValueError`` when there are no examples.
+    Raises:
+        ValueError: no examples, fewer than 2 classes, or a ``max_samples`` that keeps fewer than 2 classes (the
+            message names the source).
     """
     if len(items) == 0:
         raise ValueError(f"dataset {name!r} has no examples; check the path and its contents.")
     classes = sorted(set(label_names))
+    if len(classes) < 2:
+        raise ValueError(
+            f"dataset {name!r} has {len(classes)} class ({classes[0]!r}, {len(items)} examples); classification needs "
+            "at least 2: check the label column or the folder layout (one subfolder per class)."
+        )
     index = {c: i for i, c in enumerate(classes)}
     labels = [index[c] for c in label_names]
     keep = stratified_indices(labels, max_samples, seed=seed)
+    present = sorted({labels[i] for i in keep})
+    if len(present) < 2:
+        raise ValueError(
+            f"dataset {name!r}: max_samples={max_samples} keeps examples of {len(present)} of its {len(classes)} "
+            f"classes; classification needs at least 2: raise --max-samples to at least {len(classes)}."
+        )
     return LabeledDataset(
         name=name,
         modality=modality,

@@ -12,6 +12,11 @@ In a label file, each utterance has a summary line
 the per-evaluator lines that follow (``C-E2: ...``, ``A-E3: ...``) are ignored. The usual four-class setup is
 kept: angry, happy (happy and excited merged), neutral, sad; frustrated, surprised, fearful, disgusted, other
 and no-agreement (``xxx``) are dropped. Groups are the sessions, for leave-one-session-out evaluation.
+
+Paths in label files are not trusted: an utterance id must be a plain name (letters, digits, ``_ - .``, no path
+separator, not ``..``), and every wav must resolve (symlinks followed) to a file inside ``PATH``; a label file that
+breaks either rule is refused with an error naming it, so a crafted release cannot make densattn read files
+elsewhere on the machine.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from densattn.data.dataset import LabeledDataset, build_dataset
 IEMOCAP_LABELS = {"ang": "ang", "hap": "hap", "exc": "hap", "neu": "neu", "sad": "sad"}
 _SUMMARY = re.compile(r"^\[\s*[\d.]+\s*-\s*[\d.]+\s*\]\s+(\S+)\s+(\S+)\s+\[")
 _SESSION = re.compile(r"^Session(\d+)$")
+_UTTERANCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def parse_emo_evaluation(text: str) -> list[tuple[str, str]]:
@@ -51,13 +57,15 @@ def load_iemocap(
 
     Raises:
         ValueError: missing path, no ``SessionN`` folders, no label files, a labelled utterance without its
-            wav, no examples in the four classes, or an unreadable wav (with ``verify``).
+            wav, an utterance id that is not a plain name or a wav outside ``path`` (a link leading out), no
+            examples in the four classes, or an unreadable wav (with ``verify``).
     """
     if not path:
         raise ValueError(f"source {spec!r} has no path; write it as 'iemocap:/path/to/IEMOCAP_full_release'.")
     root = Path(path).expanduser()
     if not root.is_dir():
         raise ValueError(f"source {spec!r}: folder {str(root)!r} does not exist; point it at the IEMOCAP release.")
+    real_root = root.resolve()
     sessions = sorted(
         (d for d in root.iterdir() if d.is_dir() and _SESSION.match(d.name)),
         key=lambda d: int(_SESSION.match(d.name).group(1)),  # type: ignore[union-attr]
@@ -78,6 +86,11 @@ def load_iemocap(
         label_files += len(files)
         for label_file in files:
             dialog = label_file.stem
+            if not label_file.resolve().is_relative_to(real_root):
+                raise ValueError(
+                    f"source {spec!r}: label file {str(label_file)!r} is a link to {str(label_file.resolve())!r}, "
+                    f"outside the dataset folder {str(real_root)!r}; refusing to read it. Copy it into the release."
+                )
             try:
                 text = label_file.read_text(encoding="utf-8", errors="replace")
             except OSError as err:
@@ -86,7 +99,18 @@ def load_iemocap(
                 label = IEMOCAP_LABELS.get(raw)
                 if label is None:
                     continue
+                if not _UTTERANCE.match(utterance) or ".." in utterance:
+                    raise ValueError(
+                        f"source {spec!r}: label file {str(label_file)!r} names utterance {utterance!r}, which is "
+                        "not a plain utterance id (path separators or '..'); refusing to read files it points at. "
+                        "Restore the release's original label file."
+                    )
                 wav = session / "sentences" / "wav" / dialog / f"{utterance}.wav"
+                if wav.exists() and not wav.resolve().is_relative_to(real_root):
+                    raise ValueError(
+                        f"source {spec!r}: {str(wav)!r} is a link to {str(wav.resolve())!r}, outside the dataset "
+                        f"folder {str(real_root)!r}; refusing to read it. Copy the audio into the release folder."
+                    )
                 if not wav.is_file():
                     raise ValueError(
                         f"source {spec!r}: utterance {utterance} is labelled in {str(label_file)!r} but its "

@@ -133,7 +133,8 @@ def load_dataset(spec: str, *, max_samples: int | None = None, seed: int = 0, **
 
     Raises:
         ValueError: unknown source or option, missing Debian package (with the ``apt-get install`` line),
-            missing path, empty class folder, unreadable file, unknown text/label column, no examples.
+            missing path, empty class folder, unreadable file, unknown text/label column, no examples, fewer
+            than 2 classes.
 
     Example:
         >>> import tempfile, pathlib
@@ -154,11 +155,21 @@ def load_dataset(spec: str, *, max_samples: int | None = None, seed: int = 0, **
     if sep and prefix in PATH_SOURCES:
         loader = PATH_SOURCES[prefix][0]
         _check_options(spec, loader, options)
-        return loader(spec, rest, max_samples=max_samples, seed=seed, **options)
+        return _check_classes(spec, loader(spec, rest, max_samples=max_samples, seed=seed, **options))
     name = ALIASES.get(spec, spec)
     if name not in SOURCES:
         hint = " (a path source needs its prefix, e.g. 'folder:PATH')" if "/" in spec else ""
         raise ValueError(f"spec={spec!r} is not a known source{hint}; choose from {list_sources()}.")
     loader = SOURCES[name][0]
     _check_options(spec, loader, options)
-    return loader(max_samples=max_samples, seed=seed, **options)
+    return _check_classes(spec, loader(max_samples=max_samples, seed=seed, **options))
+
+
+def _check_classes(spec: str, dataset: LabeledDataset) -> LabeledDataset:
+    present = [c for c, n in dataset.class_counts().items() if n > 0]
+    if len(present) < 2:
+        raise ValueError(
+            f"source {spec!r} gives examples of {len(present)} class(es) {present}; classification needs at least 2 "
+            "(check the labels, the source's options and --max-samples)."
+        )
+    return dataset

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
 from densattn.data.audio import AUDIO_EXTENSIONS, TARGET_SAMPLE_RATE, check_audio_file
 from densattn.data.dataset import LabeledDataset, build_dataset
 from densattn.data.images import IMAGE_EXTENSIONS, check_image_file
+
+#: labels that spreadsheets, pandas and R write for a missing value; a CSV label equal to one (any case) is refused
+MISSING_LABELS = frozenset({"nan", "-nan", "+nan", "<na>", "#n/a", "n/a", "null", "#null!"})
 
 
 def _existing_path(spec: str, path: str, *, directory: bool) -> Path:
@@ -29,12 +33,16 @@ def load_folder(
     """``folder:PATH``: each subfolder of ``PATH`` is a class; its image (.png .jpg .jpeg .bmp .gif) or audio
     (.wav .flac .ogg .mp3) files, searched recursively, are the examples. Hidden files and other extensions
     are ignored. With ``verify`` the header of every kept file is read (fast) so a corrupt file fails here.
+    Links are resolved: a file (or class folder) that is a link leading outside ``PATH`` is skipped with one
+    warning that counts them, so a dataset folder cannot make densattn read files elsewhere on the machine.
 
     Raises:
         ValueError: missing path, no class subfolders, a class folder with no usable file, image and audio
             files mixed, or an unreadable file.
     """
     root = _existing_path(spec, path, directory=True)
+    real_root = root.resolve()
+    outside: list[tuple[Path, Path]] = []  # (file, where its link leads), skipped
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise ValueError(
@@ -50,6 +58,12 @@ def load_folder(
             if not file.is_file() or any(part.startswith(".") for part in file.relative_to(root).parts):
                 continue
             ext = file.suffix.lower()
+            if ext not in IMAGE_EXTENSIONS and ext not in AUDIO_EXTENSIONS:
+                continue
+            target = file.resolve()
+            if not target.is_relative_to(real_root):  # a link (or a linked class folder) leading out of the root
+                outside.append((file, target))
+                continue
             if ext in IMAGE_EXTENSIONS:
                 kinds.add("image")
             elif ext in AUDIO_EXTENSIONS:
@@ -60,11 +74,20 @@ def load_folder(
             names.append(class_dir.name)
             found += 1
         if found == 0:
+            linked = sum(1 for f, _ in outside if f.is_relative_to(class_dir))
+            why = f" (its {linked} file(s) are links leading outside {str(real_root)!r}, which are not followed)"
             raise ValueError(
                 f"source {spec!r}: class folder {str(class_dir)!r} is empty (no "
                 f"{' '.join(IMAGE_EXTENSIONS)} or "
-                f"{' '.join(AUDIO_EXTENSIONS)} files); add examples or remove the folder."
+                f"{' '.join(AUDIO_EXTENSIONS)} files){why if linked else ''}; add examples or remove the folder."
             )
+    if outside:
+        file, target = outside[0]
+        warnings.warn(
+            f"source {spec!r}: skipped {len(outside)} file(s) that are links leading outside {str(real_root)!r} "
+            f"(e.g. {str(file)!r} -> {str(target)!r}); copy them into the folder to use them",
+            stacklevel=2,
+        )
     if len(kinds) > 1:
         raise ValueError(f"source {spec!r} mixes image and audio files; keep one modality per dataset folder.")
     modality = kinds.pop()
@@ -92,12 +115,13 @@ def load_csv(
     delimiter: str | None = None,
 ) -> LabeledDataset:
     """``csv:PATH``: a text classification table with a header row. The delimiter is ``\\t`` for .tsv files,
-    else sniffed among ``, ; \\t |`` unless given. Rows with an empty label are an error (the message gives
+    else sniffed among ``, ; \\t |`` unless given. Rows with an empty label, or a missing-value marker as label
+    (``NaN``, ``N/A``, ``null``, ``<NA>``, ``#N/A``: see :data:`MISSING_LABELS`), are an error (the message gives
     the row number); the id of an example is its data row number (1 = first row after the header).
 
     Raises:
-        ValueError: missing file, unknown text/label/group column (the message lists the columns), empty
-            label, no rows.
+        ValueError: missing file, unknown text/label/group column (the message lists the columns), empty or
+            missing-value label, fewer than 2 classes, no rows.
     """
     file = _existing_path(spec, path, directory=False)
     try:
@@ -137,6 +161,11 @@ def load_csv(
             raise ValueError(
                 f"source {spec!r}: data row {number} of {str(file)!r} has an empty {label_column!r}; "
                 "fill it in or delete the row."
+            )
+        if label.lower() in MISSING_LABELS:
+            raise ValueError(
+                f"source {spec!r}: data row {number} of {str(file)!r} has {label_column}={label!r}, which reads as a "
+                "missing value (as a spreadsheet or pandas writes it), not a class; fill it in or delete the row."
             )
         texts.append(row.get(text_column) or "")
         names.append(label)

@@ -1,8 +1,8 @@
 """Frozen encoders returning per-layer, mask-aware mean-pooled features ``(B, num_layers, dim)``.
 
 Bundled offline encoders: ``"minilm"`` (text, 7 x 384), ``"whisper-tiny"`` (audio, 5 x 384) and
-``"efficientnet-lite0"`` (image, 16 x 320); any other name is loaded as a Hugging Face checkpoint (folder
-or cached hub id) with ``AutoModel``.
+``"efficientnet-lite0"`` (image, 16 x 320); any other name is loaded as a Hugging Face checkpoint (a folder, or
+a hub id already in the local cache: nothing is downloaded) with ``AutoModel``.
 
 Example:
     >>> from densattn.encoders import get_encoder, list_encoders
@@ -22,7 +22,7 @@ import torch
 
 from .base import EncoderAdapter, Modality, masked_mean
 from .efficientnet import EfficientNetLite0, EfficientNetLite0Encoder
-from .hf import HFEncoder, detect_modality
+from .hf import HFEncoder, detect_modality, hub_snapshot
 from .minilm import minilm_encoder
 from .whisper import WhisperTinyEncoder
 
@@ -60,15 +60,26 @@ def list_encoders() -> list[str]:
 def get_encoder(name: str | Path, *, device: str | torch.device = "cpu", **options: Any) -> EncoderAdapter:
     """A frozen encoder by name.
 
+    Nothing is downloaded: a name is a bundled encoder, a local Hugging Face folder (with ``config.json``), or a
+    hub id already in the local Hugging Face cache. Anything else fails at once, with the closest bundled names
+    when it looks like a typo of one.
+
     Args:
-        name: ``"minilm"``, ``"whisper-tiny"``, ``"efficientnet-lite0"`` or a HF folder path / cached hub id.
+        name: ``"minilm"``, ``"whisper-tiny"``, ``"efficientnet-lite0"``, a HF folder path, or a cached hub id.
         device: where the model runs.
         **options: ``minilm``: ``max_length`` (128); ``whisper-tiny``: ``window_seconds`` (8), ``model_file``;
             ``efficientnet-lite0``: ``image_size`` (112), ``crop_fraction`` (0.875), ``weights_path``;
             HF: ``modality``, ``max_length``, ``dtype``, ``name``.
 
     Raises:
-        ValueError: unknown option for a bundled encoder, or a name that is neither bundled nor loadable.
+        ValueError: unknown option for a bundled encoder, a folder without ``config.json``, or a name that is
+            neither bundled, nor a folder, nor a cached hub id.
+
+    Example:
+        >>> get_encoder("minlm")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: encoder 'minlm' is not a bundled encoder (...); did you mean 'minilm'?
     """
     key = str(name)
     if key in _BUNDLED:
@@ -78,13 +89,43 @@ def get_encoder(name: str | Path, *, device: str | torch.device = "cpu", **optio
                 f"options {sorted(unknown)} are not valid for encoder {key!r}; valid: {sorted(_OPTIONS[key])}"
             )
         return _BUNDLED[key](device=device, **options)
+    folder = Path(key).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise ValueError(
+                f"encoder folder {key!r} has no config.json, so it is not a Hugging Face model folder; point "
+                "--encoder at a folder written by save_pretrained (config.json, weights, tokenizer or processor)"
+            )
+    elif folder.exists():
+        raise ValueError(f"encoder {key!r} is a file; give the folder that holds its config.json and weights")
+    elif hub_snapshot(key) is None:
+        raise ValueError(_unknown_encoder(key))
     try:
-        return HFEncoder(key, device=device, **options)
+        return HFEncoder(str(folder) if folder.is_dir() else key, device=device, **options)
     except (OSError, ValueError, KeyError) as error:
         raise ValueError(
             f"encoder {key!r} is not a bundled encoder ({', '.join(list_encoders())}) and could not be "
-            f"loaded as a Hugging Face checkpoint (folder or cached hub id): {error}"
+            f"loaded as a Hugging Face checkpoint: {str(error).splitlines()[0] if str(error) else error!r}"
         ) from error
+
+
+def _unknown_encoder(key: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key.lower(), list_encoders(), n=3, cutoff=0.6)
+    if close:
+        return (
+            f"encoder {key!r} is not a bundled encoder ({', '.join(list_encoders())}); did you mean "
+            f"{' or '.join(repr(c) for c in close)}?"
+        )
+    looks_like_path = key.startswith((".", "/", "~")) or "\\" in key or key.count("/") > 1
+    if looks_like_path:
+        return f"encoder {key!r} is not a bundled encoder ({', '.join(list_encoders())}) and no such folder exists"
+    return (
+        f"encoder {key!r} is not a bundled encoder ({', '.join(list_encoders())}), an existing folder, or a hub id in "
+        "the local Hugging Face cache; densattn never downloads, so fetch a hub model first (e.g. `hf download "
+        f"{key}`) or give its folder"
+    )
 
 
 def load_recorded_encoder(info: dict[str, Any], *, device: str | torch.device = "cpu") -> EncoderAdapter:

@@ -35,6 +35,7 @@ import torch
 from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoModel, AutoTokenizer
 
 from densattn.distributed import to_device
+from densattn.io import read_json
 
 from .base import EncoderAdapter, Modality, freeze, masked_mean, zero_pad_last
 from .inputs import to_rgb_uint8, to_waveform
@@ -46,11 +47,30 @@ def _preprocessor_config(path: str) -> dict[str, Any] | None:
     folder = Path(path)
     if folder.is_dir():
         file = folder / "preprocessor_config.json"
-        return json.loads(file.read_text()) if file.is_file() else None
+        return read_json(file) if file.is_file() else None
     from transformers.utils import cached_file
 
-    file = cached_file(path, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)
-    return json.loads(Path(file).read_text()) if file else None
+    file = cached_file(
+        path, "preprocessor_config.json", local_files_only=True, _raise_exceptions_for_missing_entries=False
+    )
+    return read_json(file) if file else None
+
+
+def hub_snapshot(repo_id: str) -> Path | None:
+    """The local snapshot folder of hub id ``repo_id`` when its ``config.json`` is in the Hugging Face cache,
+    else ``None``; never touches the network.
+
+    Example:
+        >>> hub_snapshot("someone/not-downloaded") is None
+        True
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except (ValueError, OSError):  # not a valid repo id (HFValidationError is a ValueError), or no readable cache
+        return None
+    return Path(found).parent if isinstance(found, str) else None
 
 
 def detect_modality(path: str) -> Modality:
@@ -71,7 +91,8 @@ class HFEncoder(EncoderAdapter):
     """A frozen ``AutoModel`` checkpoint; features ``(B, num_hidden_states, hidden_size)``.
 
     Args:
-        path: local folder or hub id (hub ids must already be in the local cache when offline).
+        path: local folder, or a hub id already in the local Hugging Face cache (nothing is ever downloaded:
+            fetch a hub model first, e.g. ``hf download ID``).
         name: name reported by :meth:`identity` (default ``str(path)``).
         modality: force ``"text"``, ``"image"`` or ``"audio"``; default detected from the files.
         max_length: text truncation length (default ``min(tokenizer.model_max_length, 512)``).
@@ -92,23 +113,33 @@ class HFEncoder(EncoderAdapter):
         super().__init__()
         path = str(path)
         self.name = name or path
+        if not Path(path).is_dir():  # a hub id: load its cached snapshot as a folder, so no hub call is ever made
+            snapshot = hub_snapshot(path)
+            if snapshot is None:
+                raise ValueError(
+                    f"{path!r} is neither a model folder nor a hub id in the local Hugging Face cache; densattn never "
+                    f"downloads, so fetch it first (e.g. `hf download {path}`) or give its folder"
+                )
+            path = str(snapshot)
         self.path = path
         self.modality = modality or detect_modality(path)
         if self.modality not in ("text", "image", "audio"):
             raise ValueError(f"modality must be 'text', 'image' or 'audio', got {self.modality!r}")
         if self.modality == "text":
-            self.processor = AutoTokenizer.from_pretrained(path)
+            self.processor = AutoTokenizer.from_pretrained(path, local_files_only=True)
             if self.processor.pad_token is None:
                 self.processor.pad_token = self.processor.eos_token or self.processor.unk_token
             limit = self.processor.model_max_length
             self.max_length = int(max_length or min(limit if limit and limit < 10**6 else 512, 512))
         elif self.modality == "image":
-            self.processor = AutoImageProcessor.from_pretrained(path)
+            self.processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
             self.max_length = None
         else:
-            self.processor = AutoFeatureExtractor.from_pretrained(path)
+            self.processor = AutoFeatureExtractor.from_pretrained(path, local_files_only=True)
             self.max_length = None
-        model = AutoModel.from_pretrained(path, **({"dtype": dtype} if dtype is not None else {}))
+        model = AutoModel.from_pretrained(
+            path, local_files_only=True, **({"dtype": dtype} if dtype is not None else {})
+        )
         if getattr(model.config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
             model = model.get_encoder()
         self.model = freeze(model.to(device))

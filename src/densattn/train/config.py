@@ -10,6 +10,7 @@ import torch
 
 __all__ = ["TrainConfig"]
 
+NONFINITE_POLICIES = ("error", "skip-fold")
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|auto)$")
 
 
@@ -32,6 +33,9 @@ class TrainConfig:
         seed: base seed; fold k trains with ``seed + k``.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when available).
         amp: mixed precision on CUDA (float16 autocast with a gradient scaler); CPU runs are float32.
+        on_nonfinite: what the fold runner does when a fold's loss or parameters turn NaN/inf: ``"error"`` stops the
+            run (:class:`~densattn.train.loop.NonFiniteLossError`), ``"skip-fold"`` records the fold as failed and
+            goes on. Non-finite parameters are never saved either way.
 
     Example:
         >>> TrainConfig(epochs=3, lr=1e-3).to_dict()["epochs"]
@@ -57,6 +61,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     amp: bool = True
+    on_nonfinite: str = "error"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "early_stopping", "plateau_patience"):
@@ -77,6 +82,8 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.loss not in ("ce", "focal"):
             raise ValueError(f"loss must be 'ce' or 'focal', got {self.loss!r}")
+        if self.on_nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {self.on_nonfinite!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
         if not isinstance(self.device, str) or not _DEVICE.match(self.device):

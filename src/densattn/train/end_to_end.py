@@ -1,4 +1,4 @@
-"""End-to-end methods for the fold runner: an encoder tuned with LoRA, LoRA+ or IA3, on raw inputs
+"""End-to-end methods for the fold runner: an encoder tuned with LoRA, LoRA+, IA3 or DAAM gates, on raw inputs
 (:class:`EndToEndMethod`, :func:`run_end_to_end_experiment`).
 
 Each fold builds a fresh :class:`~densattn.adapters.PeftClassifier` (seeded), trains the tuner and the classifier in
@@ -29,19 +29,20 @@ from densattn.train.runner import Fold, Method, run_folds
 __all__ = ["END_TO_END_METHODS", "EndToEndMethod", "run_end_to_end_experiment"]
 
 #: method name -> tuner method
-END_TO_END_METHODS = {"lora": "lora", "loraplus": "lora", "ia3": "ia3"}
+END_TO_END_METHODS = {"lora": "lora", "loraplus": "lora", "ia3": "ia3", "daam_peft": "daam_peft"}
 
 
 class EndToEndMethod(Method):
-    """An encoder tuned end to end on raw examples (``"lora"``, ``"loraplus"``, ``"ia3"``).
+    """An encoder tuned end to end on raw examples (``"lora"``, ``"loraplus"``, ``"ia3"``, ``"daam_peft"``).
 
     Args:
         encoder: the frozen encoder adapter (its model is copied per fold).
         items: raw examples, aligned with ``labels``.
         labels, classes: integer labels and class names.
-        method: ``"lora"``, ``"loraplus"`` or ``"ia3"``.
+        method: ``"lora"``, ``"loraplus"``, ``"ia3"`` or ``"daam_peft"``.
         tuner_options: options of the tuner (LoRA: ``rank``, ``alpha``, ``target_modules``; IA3: ``target_modules``,
-            ``feedforward_modules``); unknown ones raise.
+            ``feedforward_modules``; DAAM: ``target_modules``, ``norm_axis``, ``num_heads``, ``num_gaussians``,
+            ``preset``); unknown ones raise.
         loraplus_ratio: LoRA+ learning-rate ratio of the ``B`` matrices.
         groups: group per example (for leave-one-group-out).
         pooled_features: ``(N, dim)`` last-layer pooled features of the frozen encoder (e.g. the feature cache's

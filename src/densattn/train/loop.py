@@ -17,8 +17,10 @@ directory from someone else cannot run code on this machine.
 
 from __future__ import annotations
 
+import math
 import pickle
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,14 @@ from densattn.train.inputs import Inputs
 from densattn.train.metrics import classification_loss
 from densattn.train.optim import optimizer_groups
 
-__all__ = ["NonFiniteLossError", "TrainResult", "load_checkpoint", "predict_logits", "train_model"]
+__all__ = [
+    "NonFiniteLossError",
+    "TrainResult",
+    "check_trainable",
+    "load_checkpoint",
+    "predict_logits",
+    "train_model",
+]
 
 
 class NonFiniteLossError(ValueError):
@@ -113,26 +122,43 @@ def _scores(logits: Tensor, y: Tensor) -> Tensor:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a training checkpoint with ``torch.load(weights_only=True)``.
 
+    Only a torch zip archive is handed to the (restricted) unpickler; anything else is refused unread.
+
     Raises:
-        ValueError: the file is not a densattn checkpoint (it holds Python objects that safe loading refuses, or
-            it is truncated); nothing in it is executed.
+        ValueError: the file is not a densattn checkpoint: not a torch archive (empty, truncated, other bytes), or
+            it holds Python objects that safe loading refuses (nothing in it is executed). The message names the
+            file and says how to continue.
     """
     path = Path(path)
+    fix = "delete it and rerun with --resume: this fold then restarts from its first epoch"
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a torch checkpoint archive (empty, truncated or overwritten); {fix}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        detail = next((line for line in str(err).splitlines() if "GLOBAL" in line), str(err).splitlines()[0])
         raise ValueError(
             f"refusing to load {path}: it holds Python objects that safe loading (weights_only) does not allow, so "
-            f"it was not written by densattn ({str(err).splitlines()[0][:120]}). Delete it and rerun without --resume"
+            f"it was not written by densattn and was not executed ({detail.strip()[:160]}); {fix}"
         ) from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise ValueError(
-            f"{path} is not a readable checkpoint ({str(err).splitlines()[0][:120]}); it may be truncated. "
-            "Delete it to restart this fold"
-        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError) as err:
+        raise ValueError(f"{path} is not a readable checkpoint ({str(err).splitlines()[0][:160]}); {fix}") from None
 
 
-def _check_trainable(model: nn.Module, config: TrainConfig) -> None:
+def check_trainable(model: nn.Module, config: TrainConfig) -> None:
+    """Refuse settings that cannot train ``model``: ``batch_size=1`` with BatchNorm layers (one example has no
+    batch statistics).
+
+    Raises:
+        ValueError: the message names ``--batch-size`` and the fix.
+
+    Example:
+        >>> bn = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+        >>> check_trainable(bn, TrainConfig(batch_size=1))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: batch_size=1 cannot train this model: it has BatchNorm, ...
+    """
     if config.batch_size == 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise ValueError(
             "batch_size=1 cannot train this model: it has BatchNorm, which needs at least 2 examples per batch; "
@@ -182,7 +208,7 @@ def train_model(
         raise ValueError("training and validation splits must be non-empty; raise --max-samples or lower --folds")
     if len(train) != len(train_y) or len(val) != len(val_y):
         raise ValueError("inputs and labels must have the same number of examples")
-    _check_trainable(model, config)
+    check_trainable(model, config)
     dist = dist if dist is not None and dist.enabled else None
     if dist is not None and config.batch_size < dist.world_size:
         raise ValueError(
@@ -222,18 +248,24 @@ def train_model(
                     f"{world}; resume with the same number of processes (torchrun --nproc-per-node ...), since "
                     "another count splits every batch differently and could not continue the run exactly"
                 )
-            _load_state(model, state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            generator.set_state(state["generator"])
-            cpu_rng, cuda_rng = state.get("rank_rng", [(state["torch_rng"], state.get("cuda_rng"))])[rank]
-            torch.set_rng_state(cpu_rng)
-            if devices and cuda_rng is not None:
-                torch.cuda.set_rng_state(cuda_rng, device)
-            history, bad_epochs, start_epoch = state["history"], state["bad_epochs"], state["epoch"]
-            best = {"score": state["best_score"], "epoch": state["best_epoch"], "state": state["best_state"]}
-            seconds_before = state.get("seconds", 0.0)
+            try:
+                _load_state(model, state["model"])
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+                scaler.load_state_dict(state["scaler"])
+                generator.set_state(state["generator"])
+                cpu_rng, cuda_rng = state.get("rank_rng", [(state["torch_rng"], state.get("cuda_rng"))])[rank]
+                torch.set_rng_state(cpu_rng)
+                if devices and cuda_rng is not None:
+                    torch.cuda.set_rng_state(cuda_rng, device)
+                history, bad_epochs, start_epoch = state["history"], state["bad_epochs"], state["epoch"]
+                best = {"score": state["best_score"], "epoch": state["best_epoch"], "state": state["best_state"]}
+                seconds_before = state.get("seconds", 0.0)
+            except (KeyError, TypeError, RuntimeError, ValueError) as err:  # another model's or a hand-made file
+                raise ValueError(
+                    f"{path} does not fit this run ({type(err).__name__}: {str(err).splitlines()[0][:160]}); delete "
+                    "it and rerun with --resume: this fold then restarts from its first epoch"
+                ) from None
         t0 = time.perf_counter()
         bar = tqdm(range(start_epoch, config.epochs), desc="train", disable=not progress or rank > 0, leave=False)
         for epoch in bar:
@@ -252,17 +284,26 @@ def train_model(
                 scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
                 if config.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-                scaler.step(optimizer)
+                try:
+                    scaler.step(optimizer)
+                except RuntimeError as err:  # AdamW's step size lr / (1 - beta1^t) overflows float32
+                    if "overflow" not in str(err):
+                        raise
+                    raise NonFiniteLossError(
+                        f"training diverged at epoch {epoch + 1}: the optimiser step overflows float32 "
+                        f"(lr={config.lr:g}); lower --lr. Nothing of this epoch was saved"
+                    ) from None
                 scaler.update()
                 total += loss.detach() * (len(idx) if weight else 0)
             if dist is not None:
                 dist.all_reduce_sum(total)
             train_loss = float(total) / len(train)  # one device sync per epoch
             finite = torch.stack([torch.isfinite(p).all() for p in params]).all()
-            if not (torch.isfinite(torch.tensor(train_loss)) and bool(finite)):
+            if not (math.isfinite(train_loss) and bool(finite)):
+                what = f"the loss is {train_loss}" if not math.isfinite(train_loss) else "a parameter is NaN/inf"
                 raise NonFiniteLossError(
-                    f"training diverged at epoch {epoch + 1}: the loss is {train_loss} (lr={config.lr:g}); lower "
-                    "--lr (or --grad-clip). Nothing of this epoch was saved"
+                    f"training diverged at epoch {epoch + 1}: {what} (lr={config.lr:g}); lower --lr. Nothing of "
+                    "this epoch was saved"
                 )
             scores = _scores(predict_logits(model, val, dist=dist), val_y)
             score = float(scores.max())

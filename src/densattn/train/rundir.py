@@ -55,6 +55,20 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=json_default)
 
 
+def _with_train_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A recorded config with the training settings a newer densattn added filled in with their defaults, so a run
+    started before they existed can still be resumed."""
+    from densattn.train.config import TrainConfig
+
+    train = config.get("train")
+    if not isinstance(train, dict):
+        return config
+    try:
+        return {**config, "train": {**TrainConfig(device=train.get("device", "cpu")).to_dict(), **train}}
+    except ValueError:  # e.g. a CUDA run resumed where CUDA is missing: compared as recorded
+        return config
+
+
 class RunDirectory:
     """Validate, lock and lay out one run directory.
 
@@ -165,7 +179,7 @@ class RunDirectory:
     def _write_config(self, config: dict[str, Any]) -> None:
         path = self.path / "config.json"
         if self.resume and path.exists():
-            previous = read_json(path)
+            previous = _with_train_defaults(read_json(path))
             if _canonical(previous) != _canonical(config):
                 changed = sorted(
                     k for k in set(previous) | set(config) if _canonical(previous.get(k)) != _canonical(config.get(k))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,13 +35,13 @@ from densattn.distributed import Distributed, current
 from densattn.io import atomic_copy, atomic_save_file, atomic_write_json, atomic_write_text, json_default
 from densattn.train.config import TrainConfig
 from densattn.train.inputs import Inputs
-from densattn.train.loop import TrainResult, predict_logits, train_model
+from densattn.train.loop import NonFiniteLossError, TrainResult, predict_logits, train_model
 from densattn.train.metrics import classification_metrics
 from densattn.train.optim import describe_groups, optimizer_groups
 from densattn.train.rundir import RunDirectory
 from densattn.train.splits import carve_validation, fold_splits
 
-__all__ = ["Fold", "Method", "run_folds", "summarize", "make_folds"]
+__all__ = ["Fold", "Method", "fold_coverage", "run_folds", "summarize", "make_folds"]
 
 
 @dataclass
@@ -113,11 +114,40 @@ def make_folds(labels: Tensor | np.ndarray, *, folds: int | str, config: TrainCo
         tr, va = carve_validation(train_idx, y, fraction=config.val_fraction, seed=config.seed + k)
         if len(tr) < 2:
             raise ValueError(
-                f"fold {k} keeps {len(tr)} training example(s) after carving validation; raise --max-samples or "
-                "lower --folds"
+                f"fold {k} keeps {len(tr)} training example(s) after carving validation from {len(y)} examples "
+                f"with folds={folds}; raise --max-samples or lower --folds"
             )
         out.append(Fold(index=k, train=tr, val=va, test=np.asarray(test_idx), seed=config.seed + k))
     return out
+
+
+def fold_coverage(fold_list: list[Fold], labels, classes: list[str]) -> list[str]:
+    """One line per class that some fold lacks in its training split (the fold cannot learn it) or its test split
+    (the fold cannot score it): too few examples of that class for this many folds. Empty when every fold trains
+    and tests on every class. (A class missing from a small validation split only weakens model selection.)
+
+    Example:
+        >>> import numpy as np
+        >>> folds = [Fold(0, train=np.array([0, 1]), val=np.array([4]), test=np.array([2, 3, 5]), seed=0)]
+        >>> for line in fold_coverage(folds, [0, 0, 1, 1, 0, 1], ["a", "b"]):
+        ...     print(line)
+        class 'a' (3 examples) is missing from the test split of fold 0
+        class 'b' (3 examples) is missing from the training split of fold 0
+    """
+    y = np.asarray(labels)
+    lines = []
+    for c, name in enumerate(classes):
+        total = int((y == c).sum())
+        if total == 0:
+            continue
+        parts = []
+        for split in ("training", "test"):
+            ks = [f.index for f in fold_list if not (y[f.train if split == "training" else f.test] == c).any()]
+            if ks:
+                parts.append(f"the {split} split of fold{'s' if len(ks) > 1 else ''} {', '.join(map(str, ks))}")
+        if parts:
+            lines.append(f"class {name!r} ({total} examples) is missing from {' and '.join(parts)}")
+    return lines
 
 
 def _build(method: Method, seed: int) -> nn.Module:
@@ -163,6 +193,13 @@ def run_folds(
 
 def _run(method, run: RunDirectory, cfg, folds, resume, progress, extra, plots, dist: Distributed) -> dict[str, Any]:
     fold_list = make_folds(method.labels, folds=folds, config=cfg, groups=method.groups)
+    gaps = fold_coverage(fold_list, method.labels, list(method.classes))
+    if gaps and dist.is_main:
+        warnings.warn(
+            f"too few examples of some classes for folds={folds}: {'; '.join(gaps)}. Those folds cannot learn or "
+            "score that class; raise --max-samples, lower --folds, or merge rare classes",
+            stacklevel=3,
+        )
     probe = _build(method, cfg.seed)
     config = {
         "kind": method.kind,
@@ -200,11 +237,22 @@ def _run(method, run: RunDirectory, cfg, folds, resume, progress, extra, plots, 
 
 def _finish(method: Method, run: RunDirectory, fold_list: list[Fold], plots: bool) -> dict[str, Any]:
     """Rank 0, once every fold is finished: the adapter, metrics and plots, from the folds' ``result.json``."""
-    rows = [run.fold_result(fold.index) for fold in fold_list]
-    fold0 = run.path / "folds" / "0" / "adapter"
+    rows, failed = [], []
+    for fold in fold_list:
+        row = run.fold_result(fold.index)
+        (failed if row.get("failed") else rows).append(row)
+    if not rows:
+        raise NonFiniteLossError(
+            f"every fold diverged (fold {failed[0]['fold']}: {failed[0]['reason']}); nothing but the failed folds' "
+            f"result.json was saved in {run.path}: lower --lr and train into a new --out"
+        )
+    source = run.path / "folds" / str(rows[0]["fold"]) / "adapter"  # fold 0, unless it failed
     for name in ("adapter_model.safetensors", "adapter_config.json"):  # weights first, config last
-        atomic_copy(fold0 / name, run.path / name)
+        atomic_copy(source / name, run.path / name)
     metrics = {**summarize(rows, list(method.classes)), "kind": method.kind, "method": method.name}
+    metrics["adapter_fold"] = rows[0]["fold"]
+    metrics["num_failed_folds"] = len(failed)
+    metrics["failed_folds"] = [{"fold": r["fold"], "reason": r["reason"]} for r in failed]
     metrics["frozen_params"] = method.frozen_params()
     reports = [r["daam_parameters"] for r in rows if "daam_parameters" in r]
     if reports:
@@ -221,19 +269,31 @@ def _train_fold(method, run: RunDirectory, fold: Fold, y: Tensor, cfg: TrainConf
     model = _build(method, fold.seed)
     method.prepare(model, fold)
     initial = model.adapter_state_dict()
-    outcome: TrainResult = train_model(
-        model,
-        method.inputs(fold.train),
-        y[fold.train],
-        method.inputs(fold.val),
-        y[fold.val],
-        cfg,
-        groups=method.optimizer_groups(model, cfg),
-        checkpoint=fold_dir / "state.pt",
-        resume=resume,
-        progress=progress,
-        dist=dist,
-    )
+    try:
+        outcome: TrainResult = train_model(
+            model,
+            method.inputs(fold.train),
+            y[fold.train],
+            method.inputs(fold.val),
+            y[fold.val],
+            cfg,
+            groups=method.optimizer_groups(model, cfg),
+            checkpoint=fold_dir / "state.pt",
+            resume=resume,
+            progress=progress,
+            dist=dist,
+        )
+    except NonFiniteLossError as err:  # (data-parallel: every rank holds the same parameters, so all raise)
+        if cfg.on_nonfinite != "skip-fold":
+            raise NonFiniteLossError(
+                f"fold {fold.index}: {err}; or pass --on-nonfinite skip-fold to record the fold as failed and go on"
+            ) from None
+        if dist.is_main:  # the fold is finished as failed: nothing of its model is saved, only why it failed
+            atomic_write_json(
+                fold_dir / "result.json", {"fold": fold.index, "failed": True, "reason": str(err)}, indent=None
+            )
+            (fold_dir / "state.pt").unlink(missing_ok=True)
+        return
     method.finalize(model, fold)
     logits = predict_logits(model, method.inputs(fold.test), dist=dist)
     if not dist.is_main:

@@ -20,8 +20,9 @@ def fold_splits(labels, *, folds: int, seed: int, groups=None, leave_one_group_o
         raise ValueError(f"folds must be a positive int (or 'logo'), got {folds!r}")
     counts = np.bincount(labels)
     if folds == 1:
-        strat = labels if counts[counts > 0].min() >= 2 else None
-        tr, te = train_test_split(idx, test_size=0.2, random_state=seed, stratify=strat)
+        n_test = int(np.ceil(0.2 * len(labels)))  # as train_test_split rounds it
+        ok = counts[counts > 0].min() >= 2 and min(n_test, len(labels) - n_test) >= np.count_nonzero(counts)
+        tr, te = train_test_split(idx, test_size=0.2, random_state=seed, stratify=labels if ok else None)
         return [(np.sort(tr), np.sort(te))]
     if counts[counts > 0].min() < folds:
         raise ValueError(
