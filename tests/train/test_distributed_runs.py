@@ -169,7 +169,7 @@ def test_data_parallel_resume_is_exact_on_the_same_ranks_and_refused_on_others(r
         run_ranks(_fit, 1, 4, 0.3, state, True)
 
 
-def _lora(rank, encoder_dir, texts, out):
+def _end_to_end(rank, encoder_dir, texts, out, method, options):
     encoder = get_encoder(encoder_dir, max_length=16)
     config = TrainConfig(epochs=2, batch_size=8, lr=5e-3, seed=0)
     return run_end_to_end_experiment(
@@ -177,8 +177,8 @@ def _lora(rank, encoder_dir, texts, out):
         list(texts.items),
         texts.labels,
         texts.classes,
-        method="lora",
-        tuner_options={"rank": 2, "alpha": 4.0},
+        method=method,
+        tuner_options=options,
         out=out,
         folds=2,
         train_config=config,
@@ -187,10 +187,13 @@ def _lora(rank, encoder_dir, texts, out):
     )
 
 
-def test_two_rank_lora_run_finishes_and_its_adapter_reloads(run_ranks, tiny_bert_dir, tiny_texts, tmp_path):
-    out = tmp_path / "lora"
-    m0, m1 = run_ranks(_lora, 2, tiny_bert_dir, tiny_texts, out)
-    assert m0 == m1 and m0["num_folds"] == 2 and m0["method"] == "lora"
+@pytest.mark.parametrize("method,options", [("lora", {"rank": 2, "alpha": 4.0}), ("daam_peft", {})])
+def test_two_rank_end_to_end_run_finishes_and_its_adapter_reloads(
+    run_ranks, tiny_bert_dir, tiny_texts, tmp_path, method, options
+):
+    out = tmp_path / method
+    m0, m1 = run_ranks(_end_to_end, 2, tiny_bert_dir, tiny_texts, out, method, options)
+    assert m0 == m1 and m0["num_folds"] == 2
     assert sorted(p.parent.name for p in out.glob("folds/*/result.json")) == ["0", "1"]
     assert not list(out.glob("folds/*/state.pt"))
     model = load_adapter(out)
