@@ -73,9 +73,9 @@ def no_work(monkeypatch):
         (["--method", "lora", "--preset", "paper"], "--preset apply to heads, not to --method lora"),
         (["--method", "ia3", "--rank", "4"], "--rank apply to --method lora|loraplus, not ia3"),
         (["--rank", "4"], "--rank apply to --method lora|loraplus|ia3, not to heads"),
-        (["--lr", "0"], "lr must be a finite number > 0"),
-        (["--batch-size", "0"], "batch_size must be a positive int"),
-        (["--device", "tpu"], "device must be 'cpu', 'cuda', 'cuda:N' or 'auto'"),
+        (["--lr", "0"], "--lr must be a finite number > 0"),
+        (["--batch-size", "0"], "--batch-size must be a positive int"),
+        (["--device", "tpu"], "--device must be 'cpu', 'cuda', 'cuda:N' or 'auto'"),
         (["--folds", "0"], "--folds must be >= 1"),
     ],
 )
