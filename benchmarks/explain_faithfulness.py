@@ -59,7 +59,7 @@ def _row(explained: dict) -> dict:
             "gap_to_random": m["gap_to_random"],
             "gap_to_random_std": m["gap_to_random_std"],
             "reverse_area": m["reverse_area"],
-            "random_at_least_as_good": m["random_at_least_as_good"],
+            "random_better": m["random_better"],
             "ranking_fold0": m["ranking"],
             "fold_agreement": explained["attributions"][name]["fold_agreement"],
         }
@@ -88,7 +88,7 @@ def markdown(result: dict) -> str:
         f"{meta['loadavg_start']}, at end {meta['loadavg_end']}; torch {meta['torch']}, {meta['threads']} thread(s); "
         f"{meta['seconds']:.0f} s.",
         "",
-        "| modality | head | acc (all → none) | method | deletion area | gap to random | random at least as good "
+        "| modality | head | acc (all → none) | method | deletion area | gap to random | random orders better "
         "| reverse area | agreement |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -100,7 +100,7 @@ def markdown(result: dict) -> str:
                 lines.append(
                     f"| {modality} | {head} | {acc} | {name} | {m['area']:.3f} ± {m['area_fold_std']:.3f} | "
                     f"{m['gap_to_random']:+.3f} ± {m['gap_to_random_std']:.3f} | "
-                    f"{100 * m['random_at_least_as_good']:.0f}% | {m['reverse_area']:.3f} | {agreement} |"
+                    f"{100 * m['random_better']:.0f}% | {m['reverse_area']:.3f} | {agreement} |"
                 )
                 acc = ""
             lines.append(

@@ -66,15 +66,19 @@ def test_deletion_curve_equals_literal_recomputation():
 def test_perfect_ranking_has_a_smaller_area_than_random_orders_and_its_reverse_a_larger_one():
     model, x, y, base = constructed_case()
     perfect, reverse = [0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0]
-    report = faithfulness_report(model, x, y, base, {"perfect": perfect, "worst": [1, 2, 3, 4, 5, 0]}, num_random=20)
+    rankings = {"perfect": perfect, "worst": [1, 2, 3, 4, 5, 0], "also_perfect": [0, 5, 4, 3, 2, 1]}
+    report = faithfulness_report(model, x, y, base, rankings, num_random=20)
     chance = float((y == 0).float().mean())
     p = report["methods"]["perfect"]
     assert p["curve"] == pytest.approx([1.0] + [chance] * 6)
     assert p["area"] == pytest.approx((1 + chance) / 2 / 6 + chance * 5 / 6)
     rand = report["random"]
     assert p["area"] < rand["area_mean"] - rand["area_std"]
-    assert p["area"] <= min(rand["areas"]) and p["random_at_least_as_good"] == pytest.approx(
-        sum(a <= p["area"] + 1e-12 for a in rand["areas"]) / 20
+    assert p["area"] <= min(rand["areas"]) and p["random_better"] == 0
+    tie = report["methods"]["also_perfect"]  # removes layer 0 first too: the same curve, and still no order beats it
+    assert tie["area"] == pytest.approx(p["area"]) and tie["random_better"] == 0
+    assert report["methods"]["worst"]["random_better"] == pytest.approx(
+        (20 - sum(abs(a - report["methods"]["worst"]["area"]) < 1e-12 for a in rand["areas"])) / 20
     )
     assert p["reverse_area"] > rand["area_mean"]
     assert report["methods"]["worst"]["area"] == pytest.approx(p["reverse_area"])  # layer 0 removed last either way

@@ -121,7 +121,7 @@ def explain(
     *,
     method: str | Sequence[str] = "all",
     split: str = "val",
-    folds: int | str | Sequence[int] = 0,
+    folds: int | str | Sequence[int] = "all",
     out: str | Path | None = None,
     features=None,
     cache_dir: str | Path | None = None,
@@ -141,13 +141,14 @@ def explain(
 
     Writes ``explanation.json`` (everything below), ``faithfulness.md`` (the table), ``deletion_curves.png`` (every
     method's curve on one figure), ``layer_scores.csv`` and, per method with a map, ``{method}_map.csv`` and
-    ``{method}_heatmap.png`` (fold 0).
+    ``{method}_heatmap.png`` (scores and maps averaged over the explained folds).
 
     Args:
         run_dir: a head or fusion run directory.
         method: ``"all"``, one of :data:`METHODS`, or a list of them.
         split: ``"val"`` (default; what the issue of faithfulness is judged on) or ``"test"``.
-        folds: fold index, list of indices, or ``"all"``.
+        folds: fold index, list of indices, or ``"all"`` (default: every fold's adapter on its own split, so
+            the report has a spread over folds and the rankings' agreement between folds).
         features, cache_dir: see :class:`~densattn.analysis.runs.ExplainableRun`.
         num_random, seed: random orders of the faithfulness baseline.
         feature_occlusion: also occlude single features (``L * d`` passes; slow for wide encoders).
@@ -158,8 +159,8 @@ def explain(
 
     Returns:
         ``{"run", "head", "kind", "split", "folds", "methods", "layer_names", "attributions": {method: {"unit",
-        "layer_scores" (mean over folds), "fold_rankings", "ranking", "fold_agreement"}}, "faithfulness": pooled
-        report, "per_fold": [reports], "ablation": ... or None, "files": {...}}``.
+        "layer_scores", "ranking" (both of the scores' mean over folds), "fold_rankings", "fold_agreement"}},
+        "faithfulness": pooled report, "per_fold": [reports], "ablation": ... or None, "files": {...}}``.
 
     Raises:
         ValueError: an end-to-end run, ``if`` for a head without density weights, a bad split or fold.
@@ -180,11 +181,12 @@ def explain(
         model, baseline = run.model(k), run.baseline(k)
         reports.append(faithfulness_report(model, x, y, baseline, rankings, num_random=num_random, seed=seed + k))
     pooled = combine_reports(reports)
+    mean = {m: mean_attribution(a) for m, a in attributions.items()}
     summary = {
         m: {
-            "unit": a[0].unit,
-            "layer_scores": torch.stack([t.layer_scores for t in a]).mean(0).tolist(),
-            "ranking": a[0].ranking(),
+            "unit": mean[m].unit,
+            "layer_scores": mean[m].layer_scores.tolist(),
+            "ranking": mean[m].ranking(),
             "fold_rankings": [t.ranking() for t in a],
             "fold_agreement": fold_agreement([t.layer_scores for t in a]),
         }
@@ -198,7 +200,7 @@ def explain(
             run_dir, top_k=top_k, method=methods, features=features, cache_dir=cache_dir, progress=progress
         )
     out = Path(out) if out is not None else Path(run_dir) / "explain"
-    files = _write(out, run, pooled, attributions, ablation, split, plots)
+    files = _write(out, run, pooled, mean, ablation, split, plots)
     result = {
         "run": str(run_dir),
         "head": run.name,
@@ -216,6 +218,14 @@ def explain(
     }
     atomic_write_json(out / "explanation.json", result)
     return result
+
+
+def mean_attribution(per_fold: Sequence[Attribution]) -> Attribution:
+    """The mean over folds of layer scores and maps (what ``explain`` reports and writes; one fold: itself)."""
+    maps = [a.feature_map for a in per_fold]
+    mean_map = None if any(m is None for m in maps) else torch.stack(maps).mean(0)
+    scores = torch.stack([a.layer_scores for a in per_fold]).mean(0)
+    return Attribution(per_fold[0].method, scores, mean_map, per_fold[0].unit)
 
 
 def fold_agreement(scores: Sequence[Tensor]) -> float | None:
@@ -250,7 +260,11 @@ def _write(out: Path, run: ExplainableRun, pooled, attributions, ablation, split
 
     names = run.layer_names
     table = faithfulness_table(
-        pooled, layer_names=names, retrain=retrain_columns(ablation), top_k=ablation["top_k"] if ablation else None
+        pooled,
+        layer_names=names,
+        rankings={m: a.ranking() for m, a in attributions.items()},
+        retrain=retrain_columns(ablation),
+        top_k=ablation["top_k"] if ablation else None,
     )
     head = f"{run.name} ({run.config.get('data', '?')}, {split} split)"
     atomic_write_text(out / "faithfulness.md", f"# Faithfulness of layer explanations: {head}\n\n{table}")
@@ -259,15 +273,15 @@ def _write(out: Path, run: ExplainableRun, pooled, attributions, ablation, split
         plot_deletion_curves(pooled, out / "deletion_curves.png", title=f"deletion curves: {head}")
         files["deletion_curves.png"] = str(out / "deletion_curves.png")
     rows = ["layer,index," + ",".join(f"{m}_score,{m}_rank" for m in attributions)]
-    ranks = {m: {layer: r + 1 for r, layer in enumerate(a[0].ranking())} for m, a in attributions.items()}
+    ranks = {m: {layer: r + 1 for r, layer in enumerate(a.ranking())} for m, a in attributions.items()}
     for i, name in enumerate(names):
-        cells = [f"{float(a[0].layer_scores[i]):.6g},{ranks[m][i]}" for m, a in attributions.items()]
+        cells = [f"{float(a.layer_scores[i]):.6g},{ranks[m][i]}" for m, a in attributions.items()]
         rows.append(f"{name},{i}," + ",".join(cells))
     atomic_write_text(out / "layer_scores.csv", "\n".join(rows) + "\n")
     files["layer_scores.csv"] = str(out / "layer_scores.csv")
     mask = run.feature_mask()
     for m, a in attributions.items():
-        fmap = a[0].feature_map
+        fmap = a.feature_map
         if fmap is None:
             continue
         body = "\n".join(f"{n}," + ",".join(f"{v:.6g}" for v in row) for n, row in zip(names, fmap.tolist()))
@@ -276,7 +290,8 @@ def _write(out: Path, run: ExplainableRun, pooled, attributions, ablation, split
         files[f"{m}_map.csv"] = str(out / f"{m}_map.csv")
         if not plots:
             continue
-        title = f"{m}: {head}, fold 0"
+        folds = pooled.get("num_folds", 1)
+        title = f"{m}: {head}" + (f", mean over {folds} folds" if folds > 1 else "")
         if m == "if":
             plot_importance(fmap, out / "if_heatmap.png", layer_labels=names, title=title, feature_mask=mask)
         else:

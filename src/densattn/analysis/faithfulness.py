@@ -9,7 +9,8 @@ applied to encoder layers; "remove" = replace by the training-split mean, the ba
 
 ``acc_0`` (all layers) and ``acc_L`` (every layer at its mean) are the same for every order, so areas of different
 orders on one model compare directly: **lower is more faithful**. A ranking is judged against random orders
-(mean ± std of their areas; ``random_at_least_as_good`` = share of random orders whose area is <= the method's) and
+(mean ± std of their areas; ``random_better`` = share of random orders with a strictly smaller area: 0 for a
+ranking no random order beats, ties with equally good orders not counted against it) and
 against its own reverse (least important first), whose area should be *higher* than random's.
 No retraining: the model is fixed; :mod:`densattn.analysis.ablation` is the retraining counterpart.
 """
@@ -135,7 +136,7 @@ def faithfulness_report(
 
     Returns:
         ``{"num_examples", "num_layers", "accuracy_all_layers", "accuracy_no_layers", "methods": {name: {"ranking",
-        "curve", "log_likelihood_curve", "area", "reverse_curve", "reverse_area", "random_at_least_as_good",
+        "curve", "log_likelihood_curve", "area", "reverse_curve", "reverse_area", "random_better",
         "gap_to_random"}}, "random": {"num_orders", "seed", "areas", "area_mean", "area_std", "curve_mean",
         "curve_std"}}`` (curves are accuracies, ``L + 1`` points; ``gap_to_random = random area_mean - area``).
     """
@@ -163,7 +164,7 @@ def faithfulness_report(
             "area": area,
             "reverse_curve": reverse,
             "reverse_area": curve_area(reverse),
-            "random_at_least_as_good": float((random_areas <= area + 1e-12).mean()),
+            "random_better": float((random_areas < area - 1e-12).mean()),
             "gap_to_random": float(random_areas.mean() - area),
         }
     return {
@@ -217,7 +218,7 @@ def combine_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "area_fold_std": area_std,
             "reverse_curve": mean_curve("reverse_curve", name),
             "reverse_area": float(np.mean([p["reverse_area"] for p in per])),
-            "random_at_least_as_good": float(np.mean([p["random_at_least_as_good"] for p in per])),
+            "random_better": float(np.mean([p["random_better"] for p in per])),
             "gap_to_random": gap,
             "gap_to_random_std": gap_std,
         }
@@ -244,16 +245,20 @@ def faithfulness_table(
     report: dict[str, Any],
     *,
     layer_names: Sequence[str] | None = None,
+    rankings: dict[str, Sequence[int]] | None = None,
     retrain: dict[str, dict[str, str]] | None = None,
     top_k: int | None = None,
 ) -> str:
     """Markdown table: per method its ranking, deletion area (lower = more faithful), reverse area and the
-    comparison with random orders; a last row for the random orders themselves. ``retrain`` (method ->
+    comparison with random orders; a last row for the random orders themselves. ``rankings`` (method -> layers)
+    replaces the shown ranking (default: the report's, fold 0's when pooled), e.g. by the ranking of the scores'
+    mean over folds; the areas always measure each fold's own ranking. ``retrain`` (method ->
     ``{"top": cell, "bottom": cell}``) adds the retraining ablation's columns for ``top_k`` layers."""
     names = list(layer_names) if layer_names else [f"L{i}" for i in range(report["num_layers"])]
     rand = report["random"]
     folds = report.get("num_folds", 1)
     spread = " ± fold std" if folds > 1 else ""
+    which = " (mean over folds)" if folds > 1 and rankings else " (fold 0)" if folds > 1 else ""
     k = top_k if top_k is not None else "K"
     extra_head = f" retrained on top-{k} | retrained on bottom-{k} |" if retrain else ""
     lines = [
@@ -261,16 +266,17 @@ def faithfulness_table(
         f"{report['accuracy_all_layers']:.3f} with every layer, {report['accuracy_no_layers']:.3f} with every layer "
         f"replaced by its training mean. Area under accuracy vs fraction of layers removed; lower = more faithful.",
         "",
-        f"| method | ranking (most important first) | deletion area{spread} | reverse area | random − area | "
-        "random orders at least as good |" + extra_head,
+        f"| method | ranking{which}, most important first | deletion area{spread} | reverse area | random − area | "
+        "random orders better |" + extra_head,
         "|---|---|---|---|---|---|" + "---|---|" * bool(retrain),
     ]
     for name, m in report["methods"].items():
         area = f"{m['area']:.3f}" + (f" ± {m['area_fold_std']:.3f}" if folds > 1 else "")
         gap = f"{m['gap_to_random']:+.3f}" + (f" ± {m['gap_to_random_std']:.3f}" if folds > 1 else "")
+        shown = " ".join(names[i] for i in (rankings or {}).get(name, m["ranking"]))
         lines.append(
-            f"| {name} | {' '.join(names[i] for i in m['ranking'])} | {area} | {m['reverse_area']:.3f} | {gap} | "
-            f"{100 * m['random_at_least_as_good']:.0f}% |"
+            f"| {name} | {shown} | {area} | {m['reverse_area']:.3f} | {gap} | "
+            f"{100 * m['random_better']:.0f}% |"
             + (f" {retrain[name]['top']} | {retrain[name]['bottom']} |" if retrain else "")
         )
     lines.append(

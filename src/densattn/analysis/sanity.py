@@ -8,9 +8,11 @@ a little noise of its own (a consensus the informative layer departs from)::
 
 :func:`sanity_check` trains every head kind on it (fixed seeds, one 80/20 split), explains each run with every
 method (:func:`densattn.analysis.explain.explain`) and reports the rank each method gives the informative layer.
-A method that cannot put it first on this task should not be trusted to rank real encoder layers. Measured: occlusion,
-gradient × input and integrated gradients rank it first for every head; the Importance Factor ranks it *last* for
-the DAAM heads (it scores how typical a layer is, and the informative layer is the atypical one).
+A method that cannot put it first on this task should not be trusted to rank real encoder layers. Measured with the
+defaults (``benchmarks/results/explain_sanity.md``): occlusion and integrated gradients rank it first for every head
+kind; gradient × input misses it for the ``daam`` head (rank 2, a first-order approximation of a multiplicative
+gate); the Importance Factor does not rank it first for ``daam`` or ``gqdaam`` (it scores how typical a layer is, and
+the informative layer is the atypical one).
 """
 
 from __future__ import annotations

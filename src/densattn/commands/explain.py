@@ -13,9 +13,10 @@ def register(subparsers) -> None:
         "explain",
         help="layer importance of a trained run (IF, occlusion, gradient x input, integrated gradients) and how "
         "faithful each explanation is",
-        description="Score the encoder layers of RUN's adapter with each method on a fold's validation split, then "
-        "measure every method's faithfulness without retraining: the deletion curve (accuracy as layers are set to "
-        "their training mean, most important first), its area against random and reversed orders. Writes "
+        description="Score the encoder layers of each fold's adapter of RUN with each method on that fold's "
+        "validation split (a removed layer is set to its training mean), then "
+        "measure every method's faithfulness without retraining: the deletion curve (accuracy as layers are removed, "
+        "most important first) and its area against random and reversed orders. Writes "
         "explanation.json, faithfulness.md, deletion_curves.png, layer_scores.csv and per-method maps into "
         "RUN/explain. Works for every head kind and fusion heads (the IF only for daam/gqdaam). "
         "`densattn explain --sanity` trains each head kind on a synthetic task with one informative layer and says "
@@ -24,7 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("run", nargs="?", help="run directory written by `densattn train` (omit with --sanity)")
     p.add_argument("--method", default="all", choices=METHOD_CHOICES, help="explanation method (default all)")
     p.add_argument("--split", default="val", choices=("val", "test"), help="split to explain and judge on")
-    p.add_argument("--folds", default="0", help="fold index, comma-separated indices, or 'all' (default 0)")
+    p.add_argument("--folds", default="all", help="'all' (default), a fold index, or comma-separated indices")
     p.add_argument("--out", default=None, help="output folder (default RUN/explain; with --sanity: kept runs)")
     p.add_argument("--cache-dir", default=None, help="feature cache root the run's features are read from")
     p.add_argument("--random-orders", type=int, default=20, help="random layer orders of the baseline (>= 2)")
