@@ -51,7 +51,7 @@ def test_explain_every_method_on_a_daam_run(tmp_path):
     result = explain(tmp_path / "run", features=fs, folds="all", num_random=4)
     assert result["methods"] == ["if", "occlusion", "gradient", "ig"] and result["folds"] == [0, 1]
     written = ["explanation.json", "faithfulness.md", "deletion_curves.png", "layer_scores.csv", "if_heatmap.png"]
-    written += ["gradient_map.csv", "gradient_heatmap.png", "ig_heatmap.png"]
+    written += ["layer_share.png", "gradient_map.csv", "gradient_heatmap.png", "ig_heatmap.png"]
     for name in written:
         assert (tmp_path / "run" / "explain" / name).stat().st_size > 0, name
     faith = result["faithfulness"]

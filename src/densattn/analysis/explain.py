@@ -141,7 +141,8 @@ def explain(
 
     Writes ``explanation.json`` (everything below), ``faithfulness.md`` (the table), ``deletion_curves.png`` (every
     method's curve on one figure), ``layer_scores.csv`` and, per method with a map, ``{method}_map.csv`` and
-    ``{method}_heatmap.png`` (scores and maps averaged over the explained folds).
+    ``{method}_heatmap.png`` (scores and maps averaged over the explained folds; for the IF also
+    ``layer_share.png``, the paper's Fig. 3).
 
     Args:
         run_dir: a head or fusion run directory.
@@ -256,7 +257,7 @@ def retrain_columns(ablation: dict[str, Any] | None) -> dict[str, dict[str, str]
 
 
 def _write(out: Path, run: ExplainableRun, pooled, attributions, ablation, split: str, plots: bool) -> dict[str, str]:
-    from densattn.analysis.importance import plot_importance
+    from densattn.analysis.importance import plot_importance, plot_layer_share
 
     names = run.layer_names
     table = faithfulness_table(
@@ -294,6 +295,10 @@ def _write(out: Path, run: ExplainableRun, pooled, attributions, ablation, split
         title = f"{m}: {head}" + (f", mean over {folds} folds" if folds > 1 else "")
         if m == "if":
             plot_importance(fmap, out / "if_heatmap.png", layer_labels=names, title=title, feature_mask=mask)
+            plot_layer_share(
+                a.layer_scores, out / "layer_share.png", layer_labels=names, title=f"IF layer share: {head}"
+            )
+            files["layer_share.png"] = str(out / "layer_share.png")
         else:
             plot_attribution_map(fmap, out / f"{m}_heatmap.png", layer_labels=names, title=title, feature_mask=mask)
         files[f"{m}_heatmap.png"] = str(out / f"{m}_heatmap.png")
