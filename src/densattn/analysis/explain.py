@@ -82,7 +82,12 @@ def resolve_methods(method: str | Sequence[str], run: ExplainableRun) -> list[st
 
 
 def fold_list(folds: int | str | Sequence[int], num_folds: int) -> list[int]:
-    """``0`` -> ``[0]``; ``"all"`` -> every fold; a list is checked against ``num_folds``."""
+    """``0`` -> ``[0]``; ``"all"`` -> every fold; a list is checked against ``num_folds``.
+
+    Example:
+        >>> fold_list("all", 3), fold_list(1, 3)
+        ([0, 1, 2], [1])
+    """
     chosen = list(range(num_folds)) if folds == "all" else [folds] if isinstance(folds, int) else list(folds)
     bad = [k for k in chosen if not isinstance(k, int) or not 0 <= k < num_folds]
     if bad or not chosen:
@@ -165,6 +170,16 @@ def explain(
 
     Raises:
         ValueError: an end-to-end run, ``if`` for a head without density weights, a bad split or fold.
+
+    Example:
+        >>> import tempfile
+        >>> from densattn.analysis.sanity import sanity_features
+        >>> from densattn.train import TrainConfig, run_experiment
+        >>> fs, out = sanity_features(80, dim=6), tempfile.mkdtemp()
+        >>> _ = run_experiment(fs, head="conv", out=out, folds=2, plots=False, train_config=TrainConfig(epochs=3))
+        >>> result = explain(out, method=["occlusion", "gradient"], features=fs, num_random=5, plots=False)
+        >>> result["methods"], result["folds"], len(result["faithfulness"]["methods"]["occlusion"]["curve"])
+        (['occlusion', 'gradient'], [0, 1], 5)
     """
     if split not in ("val", "test"):
         raise ValueError(f"split must be 'val' or 'test', got {split!r}")
@@ -222,7 +237,13 @@ def explain(
 
 
 def mean_attribution(per_fold: Sequence[Attribution]) -> Attribution:
-    """The mean over folds of layer scores and maps (what ``explain`` reports and writes; one fold: itself)."""
+    """The mean over folds of layer scores and maps (what ``explain`` reports and writes; one fold: itself).
+
+    Example:
+        >>> a = Attribution("occlusion", torch.tensor([1.0, 0.0]), None, "nats")
+        >>> mean_attribution([a, Attribution("occlusion", torch.tensor([0.0, 3.0]), None, "nats")]).layer_scores
+        tensor([0.5000, 1.5000])
+    """
     maps = [a.feature_map for a in per_fold]
     mean_map = None if any(m is None for m in maps) else torch.stack(maps).mean(0)
     scores = torch.stack([a.layer_scores for a in per_fold]).mean(0)

@@ -139,6 +139,13 @@ def faithfulness_report(
         "curve", "log_likelihood_curve", "area", "reverse_curve", "reverse_area", "random_better",
         "gap_to_random"}}, "random": {"num_orders", "seed", "areas", "area_mean", "area_std", "curve_mean",
         "curve_std"}}`` (curves are accuracies, ``L + 1`` points; ``gap_to_random = random area_mean - area``).
+
+    Example:
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(6, 2))
+        >>> x, y = torch.randn(20, 3, 2), torch.arange(20) % 2
+        >>> report = faithfulness_report(model, x, y, torch.zeros(3, 2), {"mine": [2, 0, 1]}, num_random=4)
+        >>> len(report["methods"]["mine"]["curve"]), len(report["random"]["areas"])
+        (4, 4)
     """
     _check(x, y, baseline)
     num_layers = x.shape[1]
@@ -197,6 +204,13 @@ def combine_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     folds (the gap is paired: each fold's method against the same fold's random orders); ``random.area_std`` is
     the mean over folds of the spread over random orders. Rankings are per fold (``rankings``); ``ranking`` is
     fold 0's. A single report is returned with the same keys.
+
+    Example:
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+        >>> x, y, b = torch.randn(10, 2, 2), torch.arange(10) % 2, torch.zeros(2, 2)
+        >>> parts = [faithfulness_report(model, x[i::2], y[i::2], b, {"m": [0, 1]}, num_random=3) for i in (0, 1)]
+        >>> combine_reports(parts)["num_folds"], combine_reports(parts)["num_examples"]
+        (2, 10)
     """
     if not reports:
         raise ValueError("reports: give at least one per-fold faithfulness report")

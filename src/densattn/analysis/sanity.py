@@ -35,6 +35,9 @@ def one_informative_layer(
 ) -> tuple[Tensor, Tensor]:
     """``(x (n, num_layers, dim), y (n,))`` where only ``layer`` carries the label (module docstring).
 
+    Raises:
+        ValueError: ``layer`` outside ``[0, num_layers)`` or fewer than 2 layers.
+
     Example:
         >>> x, y = one_informative_layer(10, num_layers=3, dim=4, layer=1)
         >>> x.shape, y.shape
@@ -50,7 +53,13 @@ def one_informative_layer(
 
 
 def sanity_features(n: int = 300, **options: Any) -> FeatureSet:
-    """The task of :func:`one_informative_layer` as a :class:`FeatureSet` (classes ``c0``, ``c1``, ...)."""
+    """The task of :func:`one_informative_layer` as a :class:`FeatureSet` (classes ``c0``, ``c1``, ...).
+
+    Example:
+        >>> fs = sanity_features(12, num_layers=3, dim=4, classes=2, layer=0)
+        >>> fs.features.shape, fs.classes
+        (torch.Size([12, 3, 4]), ['c0', 'c1'])
+    """
     x, y = one_informative_layer(n, **options)
     classes = [f"c{i}" for i in range(options.get("classes", 3))]
     return FeatureSet(x, y, classes, [f"s{i}" for i in range(n)], manifest={"dataset": "one_informative_layer"})
@@ -80,6 +89,10 @@ def sanity_check(
     Returns:
         ``{"informative_layer", "num_layers", "heads": {head: {"val_accuracy", "rank": {method: r}, "area":
         {method: a}, "random_area"}}, "recovered": {method: [heads where rank == 1]}}``.
+
+    Example:
+        >>> sanity_check(heads=["conv"], method="occlusion", num_examples=150, epochs=10)["recovered"]
+        {'occlusion': ['conv']}
     """
     from densattn.analysis.explain import explain
     from densattn.heads import HEAD_TYPES
