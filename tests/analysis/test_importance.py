@@ -19,6 +19,7 @@ from densattn.analysis.importance import (
     real_features,
     run_split_indices,
 )
+from densattn.analysis.sanity import one_informative_layer
 from densattn.data.cache import FeatureSet
 from densattn.heads import build_head
 from densattn.train import TrainConfig, run_experiment, train_model
@@ -37,15 +38,6 @@ def reference_if(maps: torch.Tensor) -> torch.Tensor:
     da = maps.double().mean(0)
     lo, hi = da.min(), da.max()
     return (da - lo) / (hi - lo)
-
-
-def one_informative_layer(n: int, *, num_layers: int = 4, dim: int = 16, classes: int = 3, layer: int = 2, seed=0):
-    """Features where only ``layer`` carries the label; the other layers share a label-free latent (a consensus)."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, classes, (n,), generator=g)
-    x = torch.randn(n, 1, dim, generator=g) + 0.3 * torch.randn(n, num_layers, dim, generator=g)
-    x[:, layer] = 2 * torch.randn(classes, dim, generator=g)[y] + torch.randn(n, dim, generator=g)
-    return x, y
 
 
 @settings(max_examples=30, deadline=None)
@@ -202,10 +194,14 @@ def test_explain_run_and_ablation_on_a_tiny_run(tmp_path):
     rows = (tmp_path / "run" / "explain" / "if_map.csv").read_text().splitlines()
     assert len(rows) == 5 and rows[0].startswith("layer,f0")
     results = ablate_run(tmp_path / "run", top_k=2, features=features)
-    assert results["top"]["layers"] == sorted(summary_val_top(tmp_path, features, 2))
-    assert set(results["top"]["layers"]).isdisjoint(results["bottom"]["layers"])
-    for name in ("top2", "bottom2"):
-        sub = json.loads((tmp_path / "run" / "ablation" / name / "config.json").read_text())
+    top = results["methods"]["if"]["top"]["layers"]
+    assert top == sorted(summary_val_top(tmp_path, features, 2))
+    assert set(top).isdisjoint(results["methods"]["if"]["bottom"]["layers"])
+    for which in ("top", "bottom"):
+        layers = results["methods"]["if"][which]["layers"]
+        sub = json.loads(
+            (tmp_path / "run" / "ablation" / f"layers-{layers[0]}-{layers[1]}" / "config.json").read_text()
+        )
         assert sub["folds"] == 2 and sub["train"]["seed"] == 0 and sub["num_layers"] == 2
     assert (tmp_path / "run" / "ablation" / "ablation.md").read_text().count("|") > 10
     with pytest.raises(ValueError, match="top-k"):
@@ -234,7 +230,7 @@ def test_cli_rejects_a_head_without_density_weights(tmp_path, capsys):
     run_experiment(
         features, head="pool", out=tmp_path / "run", train_config=TrainConfig(epochs=1), folds=2, plots=False
     )
-    assert main(["explain", str(tmp_path / "run")]) == 2
+    assert main(["explain", str(tmp_path / "run"), "--method", "if"]) == 2
     assert "no density" in capsys.readouterr().err
     assert main(["ablate", str(tmp_path / "run"), "--top-k", "2"]) == 2
 
@@ -251,8 +247,9 @@ def test_cli_end_to_end_on_real_text(tmp_path, capsys):
     argv = ["train", "--encoder", "minilm", "--data", f"csv:{tmp_path / 'reviews.csv'}", "--head", "daam"]
     assert main([*argv, "--folds", "2", "--epochs", "2", "--out", str(run), *common]) == 0
     warnings.simplefilter("ignore")
-    assert main(["explain", str(run), "--split", "test", *common]) == 0
-    assert "1. L" in capsys.readouterr().out
-    assert (run / "explain" / "if_heatmap.png").exists()
+    assert main(["explain", str(run), "--split", "test", "--random-orders", "3", *common]) == 0
+    out = capsys.readouterr().out
+    assert "if (share of DAAM weight): L" in out and "| occlusion |" in out
+    assert (run / "explain" / "if_heatmap.png").exists() and (run / "explain" / "deletion_curves.png").exists()
     assert main(["ablate", str(run), "--top-k", "3", *common]) == 0
     assert json.loads((run / "ablation" / "ablation.json").read_text())["top_k"] == 3

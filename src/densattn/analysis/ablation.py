@@ -1,38 +1,32 @@
-"""Layer ablation by Importance Factor: retrain a run's head on its top-K and bottom-K IF layers.
+"""Retraining ablation of layer rankings: retrain a run's head on each method's top-K and bottom-K layers.
 
-The protocol of arXiv `2401.11143 <https://arxiv.org/abs/2401.11143>`_, Table 2: rank the encoder layers by the IF
-of the trained DAAM head (fold 0's adapter on fold 0's validation split,
-:func:`densattn.analysis.importance.explain_run`), then train the same head (same options, training settings, folds
-and seeds) on features restricted to the K highest-IF layers and to the K lowest-IF layers, and compare both with
-the all-layer run. Layers keep their encoder order inside the restricted features. DAAM heads need >= 2 layers per
-head, so the head count is re-chosen with :func:`~densattn.attention.suggest_num_heads` when the run's does not fit
-K layers.
+The protocol of arXiv `2401.11143 <https://arxiv.org/abs/2401.11143>`_, Table 2, for any explanation method
+(:mod:`densattn.analysis.explain`: ``if``, ``occlusion``, ``gradient``, ``ig``): rank the encoder layers with the
+method on fold 0's adapter and fold 0's validation split, then train the same head (same options, training
+settings, folds and seeds) on features restricted to the K highest-ranked layers and to the K lowest-ranked layers,
+and compare both with the all-layer run. A faithful ranking's top-K should beat its bottom-K. Layers keep their
+encoder order inside the restricted features; each distinct layer set is trained once (``RUN/ablation/layers-...``)
+and shared by the methods that chose it. DAAM heads need >= 2 layers per head, so the head count is re-chosen with
+:func:`~densattn.attention.suggest_num_heads` when the run's does not fit K layers.
 
 Caveat (stated in the results): the ranking comes from fold 0's model, whose training data overlap the other
-folds' test sets; this is the paper's protocol, and ``fold_rankings`` in ``ablation.json`` shows how stable the
-ranking is across the folds' own models.
+folds' test sets; this is the paper's protocol, and ``fold_rankings`` shows how stable each method's ranking is
+across the folds' own models (``fold_top_k_overlap``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from densattn.analysis.importance import (
-    _read_config,
-    density_module,
-    explain_run,
-    features_for_run,
-    importance_of,
-    real_features,
-    run_split_indices,
-)
+from densattn.analysis.runs import ExplainableRun
 from densattn.data.cache import FeatureSet
 from densattn.io import atomic_write_json, atomic_write_text, read_json
 
-__all__ = ["ablate_run", "restrict_layers"]
+__all__ = ["ablate_run", "ablation_table", "restrict_layers"]
 
 
 def restrict_layers(features: FeatureSet, layers: list[int]) -> FeatureSet:
@@ -57,20 +51,6 @@ def restrict_layers(features: FeatureSet, layers: list[int]) -> FeatureSet:
     )
 
 
-def _fold_rankings(run_dir: Path, config: dict[str, Any], features: FeatureSet) -> list[list[int]]:
-    """Each fold's own adapter's layer ranking on its own validation split."""
-    from densattn.adapters import load_adapter
-
-    rankings = []
-    real = real_features(features.features)
-    for fold_dir in sorted((run_dir / "folds").glob("*/adapter"), key=lambda p: int(p.parent.name)):
-        fold = int(fold_dir.parent.name)
-        model = load_adapter(fold_dir)
-        idx = run_split_indices(config, features.labels, split="val", fold=fold, groups=features.groups)
-        rankings.append(importance_of(model, features.features[idx], feature_mask=real).layer_ranking())
-    return rankings
-
-
 def _summary(metrics: dict[str, Any], layers: list[int] | None) -> dict[str, Any]:
     return {
         "layers": layers,
@@ -87,110 +67,130 @@ def ablate_run(
     run_dir: str | Path,
     *,
     top_k: int,
+    method: str | Sequence[str] = "if",
     features: FeatureSet | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Retrain RUN's head on its ``top_k`` highest- and lowest-IF layers; write ``RUN/ablation/`` and return the
-    results (also in ``RUN/ablation/ablation.json`` and ``ablation.md``).
+    """Retrain RUN's head on the ``top_k`` highest- and lowest-ranked layers of every ``method``; write
+    ``RUN/ablation/ablation.json`` and ``ablation.md`` and return the results.
 
-    Re-running resumes: finished folds of ``RUN/ablation/top{K}`` and ``bottom{K}`` are kept.
+    Re-running resumes: finished folds of every ``RUN/ablation/layers-...`` run are kept.
+
+    Returns:
+        ``{"run", "head", "top_k", "num_layers", "ranking_source", "all": summary, "methods": {method:
+        {"ranking", "top": summary, "bottom": summary, "fold_rankings", "fold_top_k_overlap"}}}``; a summary holds
+        ``layers``, ``accuracy_mean/std``, ``macro_f1_mean/std``, ``fold_accuracy``, ``trainable_params`` and (top,
+        bottom) ``delta_vs_all_mean/std``, the paired per-fold accuracy change against the all-layer run.
 
     Raises:
-        ValueError: the head has no density weights, or ``top_k`` is not in ``[2, L - 1]``.
+        ValueError: a fusion or end-to-end run, a method that does not apply (``if`` without density weights), or
+            ``top_k`` not in ``[2, L - 1]``.
     """
+    from densattn.analysis.explain import attribute, resolve_methods
     from densattn.attention import suggest_num_heads
     from densattn.train import TrainConfig, run_experiment
 
     run_dir = Path(run_dir)
-    config = _read_config(run_dir)
+    run = ExplainableRun(run_dir, features=features, cache_dir=cache_dir)
+    if run.kind != "head":
+        raise ValueError(f"{run_dir} is a {run.name} run; the retraining ablation supports head runs only")
+    methods = resolve_methods(method, run)
+    config = run.config
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.exists():
         raise FileNotFoundError(f"{run_dir} has no metrics.json; finish the run (densattn train --resume) first")
-    num_layers = int(config["num_layers"])
-    if not isinstance(top_k, int) or not 2 <= top_k <= num_layers - 1:
+    num_layers = run.num_layers
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 2 <= top_k <= num_layers - 1:
         raise ValueError(
             f"--top-k must be an int in [2, {num_layers - 1}] for this {num_layers}-layer run (a DAAM head needs "
             f"at least 2 layers, and K = {num_layers} would be the all-layer run), got {top_k!r}"
         )
-    from densattn.adapters import load_adapter
-
-    density_module(load_adapter(run_dir))  # heads without density weights fail here
-    if features is None:
-        features = features_for_run(run_dir, cache_dir=cache_dir)
+    features = run.feature_set()
     out = run_dir / "ablation"
-    explained = explain_run(run_dir, split="val", out=out / "explain", features=features)
-    ranking = explained["layer_ranking"]
-    chosen = {"top": sorted(ranking[:top_k]), "bottom": sorted(ranking[-top_k:])}
     head_options = dict(config.get("head_options", {}))
     heads = head_options.get("num_heads")
     if config["head"] in ("daam", "gqdaam") and heads is not None and (top_k % heads or top_k // heads < 2):
         head_options["num_heads"] = suggest_num_heads(top_k)
-    train = {k: v for k, v in config["train"].items()}
+    trained: dict[tuple[int, ...], dict[str, Any]] = {}
+
+    def train(layers: list[int]) -> dict[str, Any]:
+        key = tuple(layers)
+        if key not in trained:
+            sub = out / ("layers-" + "-".join(map(str, layers)))
+            metrics = run_experiment(
+                restrict_layers(features, layers),
+                head=config["head"],
+                out=sub,
+                head_options=head_options,
+                train_config=TrainConfig(**config["train"]),
+                folds=config["folds"],
+                resume=sub.exists(),
+                progress=progress,
+                encoder_info=config.get("encoder"),
+                extra_config={
+                    "data": config.get("data"),
+                    "max_samples": config.get("max_samples"),
+                    "ablation": {"source_run": str(run_dir), "layers": layers},
+                },
+                plots=False,
+            )
+            trained[key] = _summary(metrics, layers)
+        return dict(trained[key])
+
+    full = _summary(read_json(metrics_path), list(range(num_layers)))
     results: dict[str, Any] = {
         "run": str(run_dir),
         "head": config["head"],
         "top_k": top_k,
         "num_layers": num_layers,
-        "ranking": ranking,
-        "layer_share": explained["layer_share"],
         "ranking_source": "fold 0 adapter, fold 0 validation split",
-        "all": _summary(read_json(metrics_path), list(range(num_layers))),
+        "all": full,
+        "methods": {},
     }
-    for name, layers in chosen.items():
-        sub = out / f"{name}{top_k}"
-        metrics = run_experiment(
-            restrict_layers(features, layers),
-            head=config["head"],
-            out=sub,
-            head_options=head_options,
-            train_config=TrainConfig(**train),
-            folds=config["folds"],
-            resume=sub.exists(),
-            progress=progress,
-            encoder_info=config.get("encoder"),
-            extra_config={
-                "data": config.get("data"),
-                "max_samples": config.get("max_samples"),
-                "ablation": {"source_run": str(run_dir), "selection": name, "layers": layers},
-            },
-            plots=False,
-        )
-        results[name] = _summary(metrics, layers)
-    fold_rankings = _fold_rankings(run_dir, config, features)
-    results["fold_rankings"] = fold_rankings
-    results["fold_top_k_overlap"] = [len(set(r[:top_k]) & set(ranking[:top_k])) / top_k for r in fold_rankings]
-    for name in ("top", "bottom"):  # paired per-fold differences against the all-layer run (same folds)
-        diff = np.array(results[name]["fold_accuracy"]) - np.array(results["all"]["fold_accuracy"])
-        results[name]["delta_vs_all_mean"] = float(diff.mean())
-        results[name]["delta_vs_all_std"] = float(diff.std(ddof=1)) if len(diff) > 1 else 0.0
+    for name in methods:
+        fold_rankings = [attribute(run, name, fold=k).ranking() for k in range(run.num_folds)]
+        ranking = fold_rankings[0]
+        entry: dict[str, Any] = {"ranking": ranking}
+        for which, layers in (("top", sorted(ranking[:top_k])), ("bottom", sorted(ranking[-top_k:]))):
+            summary = train(layers)
+            diff = np.array(summary["fold_accuracy"]) - np.array(full["fold_accuracy"])  # paired by fold
+            summary["delta_vs_all_mean"] = float(diff.mean())
+            summary["delta_vs_all_std"] = float(diff.std(ddof=1)) if len(diff) > 1 else 0.0
+            entry[which] = summary
+        entry["fold_rankings"] = fold_rankings
+        entry["fold_top_k_overlap"] = [len(set(r[:top_k]) & set(ranking[:top_k])) / top_k for r in fold_rankings]
+        results["methods"][name] = entry
     atomic_write_json(out / "ablation.json", results)
     atomic_write_text(out / "ablation.md", ablation_table(results))
     return results
 
 
 def ablation_table(results: dict[str, Any]) -> str:
-    """Markdown table of an ablation: layers, accuracy and macro-F1 (mean ± std over folds), paired delta."""
-    k = results["top_k"]
+    """Markdown table of an ablation: per method its top-K and bottom-K layers, accuracy and macro-F1 (mean ± std
+    over folds) and the paired change against the all-layer run."""
+    k, n = results["top_k"], results["num_layers"]
     lines = [
-        f"IF layer ablation, head `{results['head']}`, K = {k} of {results['num_layers']} layers "
-        f"(ranking: {', '.join(f'L{i}' for i in results['ranking'])}; from {results['ranking_source']})",
+        f"Layer ablation, head `{results['head']}`, K = {k} of {n} layers (rankings from {results['ranking_source']})",
         "",
         "| layers | which | accuracy | macro-F1 | Δ accuracy vs all (paired) | params |",
         "|---|---|---|---|---|---|",
     ]
-    for name, label in (("all", "all"), ("top", f"top-{k} IF"), ("bottom", f"bottom-{k} IF")):
-        r = results[name]
-        which = ", ".join(f"L{i}" for i in r["layers"]) if name != "all" else f"L0–L{results['num_layers'] - 1}"
-        delta = "—" if name == "all" else f"{r['delta_vs_all_mean']:+.3f} ± {r['delta_vs_all_std']:.3f}"
+    rows = [("all", f"L0–L{n - 1}", results["all"])]
+    for name, entry in results["methods"].items():
+        rows += [(f"top-{k} {name}", None, entry["top"]), (f"bottom-{k} {name}", None, entry["bottom"])]
+    for label, which, r in rows:
+        which = which or ", ".join(f"L{i}" for i in r["layers"])
+        delta = f"{r['delta_vs_all_mean']:+.3f} ± {r['delta_vs_all_std']:.3f}" if "delta_vs_all_mean" in r else "—"
         lines.append(
             f"| {label} | {which} | {r['accuracy_mean']:.3f} ± {r['accuracy_std']:.3f} | "
             f"{r['macro_f1_mean']:.3f} ± {r['macro_f1_std']:.3f} | {delta} | {r['trainable_params']:,} |"
         )
-    overlap = results.get("fold_top_k_overlap")
-    if overlap:
-        lines += [
-            "",
-            f"Top-{k} overlap of each fold's own ranking with fold 0's: {', '.join(f'{o:.2f}' for o in overlap)}",
-        ]
+    lines.append("")
+    for name, entry in results["methods"].items():
+        ranking = " ".join(f"L{i}" for i in entry["ranking"])
+        overlap = ", ".join(f"{o:.2f}" for o in entry["fold_top_k_overlap"])
+        lines.append(
+            f"- {name}: ranking {ranking}; top-{k} overlap of each fold's own ranking with fold 0's: {overlap}"
+        )
     return "\n".join(lines) + "\n"

@@ -12,7 +12,9 @@ When ``max DA = min DA`` the IF map is all zeros and a warning is raised. The me
 What IF measures: the DAAM gate of a layer is a function of how far the layer's (standardised) feature deviates
 from the other layers of its head (docs/design.md, "The DAAM kernel"), with offsets and spreads shared by the
 layers of a head. So IF ranks layers by how *typical* they are under the learned density, which is not necessarily
-how much label information they carry; the ablation (:mod:`densattn.analysis.ablation`) is the test of the latter.
+how much label information they carry. Measure before trusting it: :func:`densattn.analysis.explain.explain`
+compares its deletion curve with occlusion, gradient × input, integrated gradients and random orders, and
+:mod:`densattn.analysis.sanity` shows it missing the one informative layer of a synthetic task.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from densattn.analysis.runs import features_for_run, read_run_config, run_split_indices
 from densattn.data.cache import FeatureSet
 from densattn.io import atomic_write_json, atomic_write_text, save_figure
 
@@ -42,6 +45,8 @@ __all__ = [
     "real_features",
     "run_split_indices",
 ]
+
+_read_config = read_run_config  # the name older code imported
 
 
 class ImportanceFactor:
@@ -236,42 +241,6 @@ def importance_of(
     return acc
 
 
-def _read_config(run_dir: str | Path) -> dict[str, Any]:
-    from densattn.io import read_json
-
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{run_dir} has no config.json; is it a run directory written by `densattn train`?")
-    return read_json(path)
-
-
-def features_for_run(run_dir: str | Path, cache_dir: str | Path | None = None) -> FeatureSet:
-    """Rebuild a run's :class:`FeatureSet` from its ``config.json`` (data, max_samples, seed, encoder) through the
-    feature cache, checking that the dataset is the one the run was trained on (same fingerprint)."""
-    from densattn.data.cache import cached_features
-    from densattn.encoders import load_recorded_encoder
-    from densattn.pipeline import run_dataset
-
-    config = _read_config(run_dir)
-    if not config.get("encoder", {}).get("name"):
-        raise ValueError(f"{run_dir}/config.json records no encoder name; pass the features directly")
-    dataset = run_dataset(config)
-    return cached_features(load_recorded_encoder(config["encoder"]), dataset, cache_dir=cache_dir)
-
-
-def run_split_indices(config: dict[str, Any], labels: Tensor, *, split: str, fold: int = 0, groups=None) -> np.ndarray:
-    """Indices of fold ``fold``'s ``"train"``, ``"val"`` or ``"test"`` split, exactly as the run drew them
-    (:func:`densattn.train.runner.make_folds` on the run's config)."""
-    from densattn.train import TrainConfig, make_folds
-
-    if split not in ("train", "val", "test"):
-        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
-    folds = make_folds(labels, folds=config["folds"], config=TrainConfig.from_dict(config["train"]), groups=groups)
-    if not 0 <= fold < len(folds):
-        raise ValueError(f"fold {fold} does not exist; the run has {len(folds)} folds (0..{len(folds) - 1})")
-    return getattr(folds[fold], split)
-
-
 def explain_run(
     run_dir: str | Path,
     *,
@@ -290,27 +259,18 @@ def explain_run(
     Raises:
         ValueError: the run's head has no density weights, or the features do not match the run.
     """
-    from densattn.adapters import load_adapter
+    from densattn.analysis.runs import ExplainableRun
 
     run_dir = Path(run_dir)
-    config = _read_config(run_dir)
-    source = run_dir if fold == 0 else run_dir / "folds" / str(fold) / "adapter"
-    model = load_adapter(source)
+    run = ExplainableRun(run_dir, features=features, cache_dir=cache_dir)  # refuses end-to-end runs
+    model = run.adapter(fold)
     density_module(model)  # fail early, before loading features, for heads without density weights
-    if features is None:
-        features = features_for_run(run_dir, cache_dir=cache_dir)
-    if (features.num_layers, features.dim) != (model.num_layers, model.dim) or features.classes != model.classes:
-        raise ValueError(
-            f"features ({features.num_layers}x{features.dim}, classes {features.classes}) do not match the run's "
-            f"adapter ({model.num_layers}x{model.dim}, classes {model.classes})"
-        )
-    if len(features) != config.get("num_examples", len(features)):
-        raise ValueError(f"features hold {len(features)} examples but the run used {config['num_examples']}")
-    idx = run_split_indices(config, features.labels, split=split, fold=fold, groups=features.groups)
-    real = real_features(features.features)
-    acc = importance_of(model, features.features[torch.as_tensor(idx)], feature_mask=real)
+    config = run.config
+    x, _ = run.data(split, fold)
+    real = run.feature_mask()
+    acc = importance_of(model, x, feature_mask=real)
     out = Path(out) if out is not None else run_dir / "explain"
-    names = layer_names(features.num_layers)
+    names = run.layer_names
     if_map = acc.importance()
     share = acc.layer_share()
     summary = {
