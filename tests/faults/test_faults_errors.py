@@ -16,7 +16,7 @@ import pytest
 import torch
 from faultkit import dead_pid, mount_tmpfs, read_only_folder, remount, run_main, temp_files, train_argv
 
-import densattn.train.runner as runner
+import densattn.train.fold as fold_runner
 from densattn.cli import main
 from densattn.data.cache import cached_features
 from densattn.encoders import get_encoder
@@ -168,7 +168,7 @@ def test_interrupt_exits_130_and_points_at_resume(tmp_path, capsys, fortunes_cac
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "train_model", interrupted)
+    monkeypatch.setattr(fold_runner, "train_model", interrupted)
     code, err = run_main(train_argv(tmp_path / "run", fortunes_cache), capsys)
     assert code == 130 and "interrupted; rerun the same command with --resume" in err and "Traceback" not in err
 
@@ -177,7 +177,7 @@ def test_bugs_keep_their_traceback_and_debug_reraises(tmp_path, capsys, fortunes
     def bug(*args, **kwargs):
         raise ZeroDivisionError("a real bug")
 
-    monkeypatch.setattr(runner, "train_model", bug)
+    monkeypatch.setattr(fold_runner, "train_model", bug)
     with pytest.raises(ZeroDivisionError):  # not turned into a one-line message
         main(train_argv(tmp_path / "a", fortunes_cache))
     monkeypatch.setenv("DENSATTN_DEBUG", "1")

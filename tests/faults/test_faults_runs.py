@@ -18,7 +18,7 @@ from faultkit import run_main, temp_files, train_argv
 from safetensors.torch import load_file
 
 import densattn.train.loop as loop
-import densattn.train.runner as runner
+import densattn.train.fold as fold_runner
 from densattn.heads import build_head
 from densattn.train import NonFiniteLossError, RunDirectory, RunLockedError, TrainConfig, run_experiment
 from densattn.train.loop import load_checkpoint, train_model
@@ -210,7 +210,7 @@ def test_diverging_run_stops_with_exit_2_and_saves_no_nan(tmp_path, capsys, fort
 @pytest.fixture
 def fold_1_diverges(monkeypatch):
     """Make the loss of fold 1 (seed 1) NaN and leave the other folds alone."""
-    real_train, real_loss, current = runner.train_model, loop.classification_loss, {}
+    real_train, real_loss, current = fold_runner.train_model, loop.classification_loss, {}
 
     def train(model, *args, **kwargs):
         current["seed"] = args[4].seed
@@ -220,7 +220,7 @@ def fold_1_diverges(monkeypatch):
         value = real_loss(logits, y, kind, **kw)
         return value * float("nan") if current["seed"] == 1 else value
 
-    monkeypatch.setattr(runner, "train_model", train)
+    monkeypatch.setattr(fold_runner, "train_model", train)
     monkeypatch.setattr(loop, "classification_loss", loss)
 
 

@@ -5,6 +5,8 @@
 | ``fortunes`` | ``fortunes`` | topic: computers / politics / sports / work |
 | ``fashion-mnist`` | ``dataset-fashion-mnist`` | 10 clothing classes, 70k 28x28 grey images |
 | ``fillets-cs`` | ``fillets-ng-data-cs`` | which character speaks (acted Czech dialogue), groups = level |
+| ``fillets-nl`` | ``fillets-ng-data-nl`` | which character speaks (acted Dutch dialogue), groups = level |
+| ``openclipart`` | ``openclipart-png`` | clip-art category: animals / food / people / ...          |
 | ``asterisk-prompts`` | ``asterisk-core-sounds-en-wav`` | prompt folder: digits / letters / phonetic |
 | ``espeak-synthetic`` | ``espeak-ng`` | SYNTHETIC keywords: 6 words x 5 voices x 3 rates x 2 pitches |
 """
@@ -29,6 +31,7 @@ from densattn.io import atomic_write, remove_stale_temp_files
 FORTUNES_DIRS = ("/usr/share/games/fortunes", "/usr/share/fortune", "/usr/share/fortunes")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FILLETS_SOUND_DIR = "/usr/share/games/fillets-ng/sound"
+OPENCLIPART_DIR = "/usr/share/openclipart/png"
 ASTERISK_DIRS = ("/usr/share/asterisk/sounds/en_US_f_Allison", "/usr/share/asterisk/sounds/en")
 
 # Fashion-MNIST label k -> name (Xiao et al. 2017, https://arxiv.org/abs/1708.07747).
@@ -202,20 +205,32 @@ def fillets_clips(language: str = "cs") -> list[tuple[Path, str, str]]:
     return clips
 
 
-def load_fillets_cs(*, max_samples: int | None = None, seed: int = 0, min_clips: int = 20) -> LabeledDataset:
-    """Debian ``fillets-ng-data-cs``: which character speaks (characters with >= ``min_clips`` clips)."""
-    if not (Path(FILLETS_SOUND_DIR).is_dir() and any(Path(FILLETS_SOUND_DIR).rglob("cs/*.ogg"))):
-        raise missing_package("fillets-cs", "fillets-ng-data-cs", FILLETS_SOUND_DIR + "/*/cs")
+def _has_samples(path: Path) -> bool:
+    import soundfile as sf
+
+    try:
+        return sf.info(str(path)).frames > 0
+    except RuntimeError:
+        return False
+
+
+def load_fillets(
+    language: str, *, max_samples: int | None = None, seed: int = 0, min_clips: int = 20
+) -> LabeledDataset:
+    """Debian ``fillets-ng-data-<language>``: which character speaks (characters with >= ``min_clips`` clips)."""
+    source, package = f"fillets-{language}", f"fillets-ng-data-{language}"
+    if not (Path(FILLETS_SOUND_DIR).is_dir() and any(Path(FILLETS_SOUND_DIR).rglob(f"{language}/*.ogg"))):
+        raise missing_package(source, package, f"{FILLETS_SOUND_DIR}/*/{language}")
     if int(min_clips) < 1:
         raise ValueError(f"min_clips={min_clips} must be >= 1.")
-    clips = fillets_clips("cs")
+    clips = [c for c in fillets_clips(language) if _has_samples(c[0])]  # nl ships two header-only clips
     counts = Counter(s for _, _, s in clips)
     clips = [c for c in clips if counts[c[2]] >= int(min_clips)]
     if len({s for _, _, s in clips}) < 2:
         raise ValueError(f"min_clips={min_clips} leaves fewer than 2 speakers; lower it (the default is 20).")
     root = Path(FILLETS_SOUND_DIR)
     ds = build_dataset(
-        "fillets-cs",
+        source,
         "audio",
         [str(p) for p, _, _ in clips],
         [s for _, _, s in clips],
@@ -228,6 +243,50 @@ def load_fillets_cs(*, max_samples: int | None = None, seed: int = 0, min_clips:
     for path in ds.items:
         check_audio_file(path)
     return ds
+
+
+def load_fillets_cs(*, max_samples: int | None = None, seed: int = 0, min_clips: int = 20) -> LabeledDataset:
+    """Debian ``fillets-ng-data-cs``: which character speaks (characters with >= ``min_clips`` clips)."""
+    return load_fillets("cs", max_samples=max_samples, seed=seed, min_clips=min_clips)
+
+
+def load_fillets_nl(*, max_samples: int | None = None, seed: int = 0, min_clips: int = 10) -> LabeledDataset:
+    """Debian ``fillets-ng-data-nl``: which character speaks (characters with >= ``min_clips`` clips; the Dutch
+    recording has fewer minor characters, so the default keeps those with 10 clips)."""
+    return load_fillets("nl", max_samples=max_samples, seed=seed, min_clips=min_clips)
+
+
+# ------------------------------------------------------------------------------------------------ openclipart
+OPENCLIPART_CATEGORIES = ("animals", "food", "people", "recreation", "transportation")
+
+
+def load_openclipart(
+    *,
+    max_samples: int | None = None,
+    seed: int = 0,
+    categories: Sequence[str] = OPENCLIPART_CATEGORIES,
+    max_bytes: int = 1_000_000,
+) -> LabeledDataset:
+    """Debian ``openclipart-png`` (public domain clip art): the top-level category folder of a drawing (files in
+    sub-folders count for their top folder). Files over ``max_bytes`` (a few posters of many MB) are skipped;
+    transparency is composited onto white when decoded."""
+    root = Path(OPENCLIPART_DIR)
+    if not root.is_dir():
+        raise missing_package("openclipart", "openclipart-png", OPENCLIPART_DIR)
+    if isinstance(categories, str):
+        categories = [c for c in categories.split(",") if c]
+    paths, names = [], []
+    for category in categories:
+        folder = root / category
+        if not folder.is_dir():
+            available = sorted(p.name for p in root.iterdir() if p.is_dir())
+            raise ValueError(f"categories: no clip-art folder {category!r} in {root}; choose from {available}.")
+        for path in sorted(folder.rglob("*.png")):
+            if path.stat().st_size <= int(max_bytes):
+                paths.append(str(path))
+                names.append(category)
+    ids = [Path(p).relative_to(root).as_posix() for p in paths]
+    return build_dataset("openclipart", "image", paths, names, ids=ids, max_samples=max_samples, seed=seed)
 
 
 # ------------------------------------------------------------------------------------------ asterisk prompts

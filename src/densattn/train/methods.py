@@ -169,7 +169,8 @@ def run_experiment(
         head_options: options of the head (e.g. ``preset``, ``num_heads``); unknown or inapplicable ones raise.
         encoder_info: identity of the encoder (default: the one recorded in the feature cache).
         **run_options: ``out`` (required), ``train_config``, ``folds``, ``resume``, ``progress``, ``extra_config``,
-            ``plots``: see :func:`~densattn.train.run_folds`.
+            ``plots``, ``search`` (training settings tuned per fold on validation, e.g. ``{"lr": [1e-3, 3e-3]}``):
+            see :func:`~densattn.train.run_folds`.
 
     Returns:
         The metrics dict written to ``metrics.json``.

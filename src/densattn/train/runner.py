@@ -15,6 +15,9 @@ opens (and locks) the run directory and writes the configuration; then a method 
 ``"folds"`` (heads, fusion heads) has each rank train whole folds, round robin, while ``"data"`` (end-to-end
 methods) trains every fold on all ranks together, data-parallel. Rank 0 then reads every fold's ``result.json`` and
 writes the metrics, plots and adapter. Folds are seeded independently, so the metrics equal a one-process run's.
+
+A run may tune training settings per fold on the validation split (``search={"lr": [1e-3, 3e-3]}``; see
+:mod:`densattn.train.fold`): the test split never takes part in the choice.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import csv
 import io
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,16 +36,16 @@ import torch
 from torch import Tensor, nn
 
 from densattn.distributed import Distributed, current
-from densattn.io import atomic_copy, atomic_save_file, atomic_write_json, atomic_write_text, json_default
+from densattn.io import atomic_copy, atomic_write_json, atomic_write_text, json_default
 from densattn.train.config import TrainConfig
+from densattn.train.fold import _build, search_candidates, search_grid, train_fold
 from densattn.train.inputs import Inputs
-from densattn.train.loop import NonFiniteLossError, TrainResult, predict_logits, train_model
-from densattn.train.metrics import classification_metrics
+from densattn.train.loop import NonFiniteLossError
 from densattn.train.optim import describe_groups, optimizer_groups
 from densattn.train.rundir import RunDirectory
 from densattn.train.splits import carve_validation, fold_splits
 
-__all__ = ["Fold", "Method", "fold_coverage", "run_folds", "summarize", "make_folds"]
+__all__ = ["Fold", "Method", "fold_coverage", "make_folds", "run_folds", "summarize"]
 
 
 @dataclass
@@ -150,12 +154,6 @@ def fold_coverage(fold_list: list[Fold], labels, classes: list[str]) -> list[str
     return lines
 
 
-def _build(method: Method, seed: int) -> nn.Module:
-    with torch.random.fork_rng():  # module initialisation draws from a forked RNG: no global side effect
-        torch.manual_seed(seed)
-        return method.build(seed)
-
-
 def run_folds(
     method: Method,
     *,
@@ -167,6 +165,7 @@ def run_folds(
     extra_config: dict[str, Any] | None = None,
     plots: bool = True,
     dist: Distributed | None = None,
+    search: dict[str, Sequence[Any]] | None = None,
 ) -> dict[str, Any]:
     """Train ``method`` on every fold and write the run directory ``out``; returns the ``metrics.json`` dict.
 
@@ -179,19 +178,24 @@ def run_folds(
         extra_config: more entries of ``config.json`` (data spec, sample count, a display ``name``...).
         dist: the ranks that share the work (default: those of ``out`` when it is a :class:`RunDirectory`, else
             :func:`densattn.distributed.current`); every rank returns the same metrics.
+        search: a small grid of training settings tuned per fold on the validation split, e.g.
+            ``{"lr": [3e-4, 1e-3, 3e-3]}`` (:func:`~densattn.train.fold.search_candidates`): every fold trains one
+            model per candidate and tests only the best on validation. The chosen values are recorded per fold
+            (``result.json`` ``chosen``, ``metrics.json`` ``search``).
     """
     cfg = train_config or TrainConfig()
+    candidates = search_candidates(search, cfg)
     if dist is None:
         dist = out.dist if isinstance(out, RunDirectory) else current()
     run = out if isinstance(out, RunDirectory) else RunDirectory(out, resume=resume, dist=dist)
     try:
-        return _run(method, run, cfg, folds, run.resume, progress, dict(extra_config or {}), plots, dist)
+        return _run(method, run, cfg, folds, run.resume, progress, dict(extra_config or {}), plots, dist, candidates)
     finally:
         if not isinstance(out, RunDirectory):
             run.close()
 
 
-def _run(method, run: RunDirectory, cfg, folds, resume, progress, extra, plots, dist: Distributed) -> dict[str, Any]:
+def _run(method, run: RunDirectory, cfg, folds, resume, progress, extra, plots, dist: Distributed, candidates):
     fold_list = make_folds(method.labels, folds=folds, config=cfg, groups=method.groups)
     gaps = fold_coverage(fold_list, method.labels, list(method.classes))
     if gaps and dist.is_main:
@@ -211,6 +215,8 @@ def _run(method, run: RunDirectory, cfg, folds, resume, progress, extra, plots, 
         "num_examples": len(method.labels),
         "classes": list(method.classes),
     }
+    if candidates:
+        config["search"] = search_grid(candidates)
     clash = sorted(set(extra) & (set(config) - {"feature_cache", "encoder"}))
     if clash:
         raise ValueError(f"extra_config may not override {clash}: the runner records them from the method itself")
@@ -223,7 +229,8 @@ def _run(method, run: RunDirectory, cfg, folds, resume, progress, extra, plots, 
     pending = [fold for fold in fold_list if fold.index not in done]
 
     def train(fold: Fold, ranks: Distributed) -> None:
-        _train_fold(method, run, fold, y, cfg.replace(seed=fold.seed), resume, progress and dist.is_main, ranks)
+        fold_cfg = cfg.replace(seed=fold.seed)
+        train_fold(method, run, fold, y, fold_cfg, candidates, resume, progress and dist.is_main, ranks)
 
     if method.parallel == "data" or not dist.enabled:
         for fold in pending:  # every rank on every fold, each on its part of every batch
@@ -232,10 +239,10 @@ def _run(method, run: RunDirectory, cfg, folds, resume, progress, extra, plots, 
         dist.run_all(lambda: [train(fold, Distributed()) for fold in dist.share(pending)])  # whole folds per rank
     else:
         raise ValueError(f"{type(method).__name__}.parallel must be 'folds' or 'data', got {method.parallel!r}")
-    return dist.run_on_main(lambda: _finish(method, run, fold_list, plots))
+    return dist.run_on_main(lambda: _finish(method, run, fold_list, plots, candidates))
 
 
-def _finish(method: Method, run: RunDirectory, fold_list: list[Fold], plots: bool) -> dict[str, Any]:
+def _finish(method: Method, run: RunDirectory, fold_list: list[Fold], plots: bool, candidates) -> dict[str, Any]:
     """Rank 0, once every fold is finished: the adapter, metrics and plots, from the folds' ``result.json``."""
     rows, failed = [], []
     for fold in fold_list:
@@ -254,6 +261,8 @@ def _finish(method: Method, run: RunDirectory, fold_list: list[Fold], plots: boo
     metrics["num_failed_folds"] = len(failed)
     metrics["failed_folds"] = [{"fold": r["fold"], "reason": r["reason"]} for r in failed]
     metrics["frozen_params"] = method.frozen_params()
+    if candidates:
+        metrics["search"] = {"grid": search_grid(candidates), "chosen": [r["chosen"] for r in rows]}
     reports = [r["daam_parameters"] for r in rows if "daam_parameters" in r]
     if reports:
         metrics["daam_parameters"] = {"per_fold_summary": [r["summary"] for r in reports], "fold0": reports[0]}
@@ -262,63 +271,6 @@ def _finish(method: Method, run: RunDirectory, fold_list: list[Fold], plots: boo
     if plots:
         _plot(run.path, method, rows, metrics, reports)
     return metrics
-
-
-def _train_fold(method, run: RunDirectory, fold: Fold, y: Tensor, cfg: TrainConfig, resume, progress, dist) -> None:
-    fold_dir = run.fold_dir(fold.index)
-    model = _build(method, fold.seed)
-    method.prepare(model, fold)
-    initial = model.adapter_state_dict()
-    try:
-        outcome: TrainResult = train_model(
-            model,
-            method.inputs(fold.train),
-            y[fold.train],
-            method.inputs(fold.val),
-            y[fold.val],
-            cfg,
-            groups=method.optimizer_groups(model, cfg),
-            checkpoint=fold_dir / "state.pt",
-            resume=resume,
-            progress=progress,
-            dist=dist,
-        )
-    except NonFiniteLossError as err:  # (data-parallel: every rank holds the same parameters, so all raise)
-        if cfg.on_nonfinite != "skip-fold":
-            raise NonFiniteLossError(
-                f"fold {fold.index}: {err}; or pass --on-nonfinite skip-fold to record the fold as failed and go on"
-            ) from None
-        if dist.is_main:  # the fold is finished as failed: nothing of its model is saved, only why it failed
-            atomic_write_json(
-                fold_dir / "result.json", {"fold": fold.index, "failed": True, "reason": str(err)}, indent=None
-            )
-            (fold_dir / "state.pt").unlink(missing_ok=True)
-        return
-    method.finalize(model, fold)
-    logits = predict_logits(model, method.inputs(fold.test), dist=dist)
-    if not dist.is_main:
-        return  # data-parallel: rank 0 writes the fold
-    metrics = classification_metrics(y[fold.test].numpy(), logits.argmax(-1).numpy(), len(method.classes))
-    epochs = len(outcome.history)
-    row = {
-        "fold": fold.index,
-        **metrics,
-        "best_epoch": outcome.best_epoch,
-        "best_val_accuracy": outcome.best_score,
-        "epochs_run": epochs,
-        "train_seconds": outcome.seconds,
-        "seconds_per_epoch": outcome.seconds / max(epochs, 1),
-        "history": outcome.history,
-        "num_train": len(fold.train),
-        "num_val": len(fold.val),
-        "num_test": len(fold.test),
-        **model.parameter_counts(),
-        **method.fold_extras(model, initial),
-    }
-    model.save_pretrained(fold_dir / "adapter")
-    atomic_save_file(outcome.last_state, fold_dir / "last.safetensors")
-    atomic_write_json(fold_dir / "result.json", row, indent=None)  # last: the fold is finished
-    (fold_dir / "state.pt").unlink(missing_ok=True)
 
 
 def summarize(rows: list[dict[str, Any]], classes: list[str]) -> dict[str, Any]:
