@@ -17,7 +17,7 @@ from densattn.functional import density_attention, head_chunk_sizes
 
 @dataclass(frozen=True)
 class DensityPreset:
-    """One named DAAM formulation (DESIGN.md §1, table of presets)."""
+    """One named DAAM formulation (docs/design.md, "The DAAM kernel", table of presets)."""
 
     spread_param: str
     combine: str
@@ -42,7 +42,7 @@ PRESETS: dict[str, DensityPreset] = {
 def suggest_num_heads(size: int, max_heads: int = 8) -> int:
     """Largest head count <= ``max_heads`` that divides ``size`` and leaves at least two items per head.
 
-    A head over a single item has zero variance and a constant gate (DESIGN.md §1), so such splits are avoided.
+    A head over a single item has zero variance and a constant gate (docs/design.md, "The DAAM kernel"), so such splits are avoided.
 
     Example:
         >>> suggest_num_heads(7), suggest_num_heads(16), suggest_num_heads(24)
@@ -61,7 +61,7 @@ class DensityAdaptiveAttention(nn.Module):
 
         z_k = (x - mean - mean_offset_k) / sqrt(var + eps);   log a = sum_k -z_k^2 / (2 s_k)   ("product")
 
-    Presets (DESIGN.md §1): ``"paper"`` (Alg. 1: one Gaussian, per-feature parameters, ``s = spread``, gate
+    Presets (docs/design.md, "The DAAM kernel"): ``"paper"`` (Alg. 1: one Gaussian, per-feature parameters, ``s = spread``, gate
     ``exp``), ``"mixture_of_densities"`` (Alg. 2 / ``gaussian-adaptive-attention``: N Gaussians, ``s = spread^2``,
     softmax over the chunk) and ``"mixture"`` (a true mixture with learnable weights ``mixture_logits``).
 
@@ -154,7 +154,7 @@ class DensityAdaptiveAttention(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Initialise as the preset's source does (DESIGN.md §1, column "init")."""
+        """Initialise as the preset's source does (docs/design.md, presets table, column "init")."""
         init = PRESETS[self.preset].init
         with torch.no_grad():
             if init == "paper":
