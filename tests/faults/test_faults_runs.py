@@ -17,8 +17,8 @@ import torch
 from faultkit import run_main, temp_files, train_argv
 from safetensors.torch import load_file
 
-import densattn.train.loop as loop
 import densattn.train.fold as fold_runner
+import densattn.train.loop as loop
 from densattn.heads import build_head
 from densattn.train import NonFiniteLossError, RunDirectory, RunLockedError, TrainConfig, run_experiment
 from densattn.train.loop import load_checkpoint, train_model

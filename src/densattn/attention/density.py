@@ -42,7 +42,8 @@ PRESETS: dict[str, DensityPreset] = {
 def suggest_num_heads(size: int, max_heads: int = 8) -> int:
     """Largest head count <= ``max_heads`` that divides ``size`` and leaves at least two items per head.
 
-    A head over a single item has zero variance and a constant gate (docs/design.md, "The DAAM kernel"), so such splits are avoided.
+    A head over a single item has zero variance and a constant gate (docs/design.md, "The DAAM kernel"),
+    so such splits are avoided.
 
     Example:
         >>> suggest_num_heads(7), suggest_num_heads(16), suggest_num_heads(24)
@@ -61,7 +62,7 @@ class DensityAdaptiveAttention(nn.Module):
 
         z_k = (x - mean - mean_offset_k) / sqrt(var + eps);   log a = sum_k -z_k^2 / (2 s_k)   ("product")
 
-    Presets (docs/design.md, "The DAAM kernel"): ``"paper"`` (Alg. 1: one Gaussian, per-feature parameters, ``s = spread``, gate
+    Presets (docs/design.md): ``"paper"`` (Alg. 1: one Gaussian, per-feature parameters, ``s = spread``, gate
     ``exp``), ``"mixture_of_densities"`` (Alg. 2 / ``gaussian-adaptive-attention``: N Gaussians, ``s = spread^2``,
     softmax over the chunk) and ``"mixture"`` (a true mixture with learnable weights ``mixture_logits``).
 
