@@ -102,19 +102,49 @@ def _disk_full(err: Exception, folder: Path) -> bool:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    """Write ``text`` (UTF-8) to ``path`` atomically (missing parent folders are created).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     target = pathlib.Path(folder) / "notes" / "a.txt"
+        ...     atomic_write_text(target, "héllo")
+        ...     target.read_text(encoding="utf-8"), [p.name for p in target.parent.iterdir()]
+        ('héllo', ['a.txt'])
+    """
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def atomic_copy(source: str | Path, target: str | Path) -> None:
-    """Copy the bytes of ``source`` to ``target`` atomically."""
+    """Copy the bytes of ``source`` to ``target`` atomically.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     source = pathlib.Path(folder) / "a.bin"
+        ...     _ = source.write_bytes(bytes(range(5)))
+        ...     atomic_copy(source, pathlib.Path(folder) / "copy" / "b.bin")
+        ...     list((pathlib.Path(folder) / "copy" / "b.bin").read_bytes())
+        [0, 1, 2, 3, 4]
+    """
     import shutil
 
     atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
 
 
 def json_default(obj: Any) -> Any:
-    """JSON encoding of numpy scalars and arrays, paths, sets and tuples (anything else is an error)."""
+    """JSON encoding of numpy scalars and arrays, paths, sets and tuples (anything else is an error).
+
+    Example:
+        >>> import json, pathlib
+        >>> json.dumps({"n": np.int64(3), "x": np.float32(0.5), "a": np.arange(3), "p": pathlib.Path("r/x"),
+        ...             "s": {"b", "a"}}, default=json_default)
+        '{"n": 3, "x": 0.5, "a": [0, 1, 2], "p": "r/x", "s": ["a", "b"]}'
+        >>> json_default(object())
+        Traceback (most recent call last):
+        ...
+        TypeError: not JSON serialisable: object
+    """
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, np.floating):
@@ -129,7 +159,16 @@ def json_default(obj: Any) -> Any:
 
 
 def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically (numpy values and paths are converted)."""
+    """Write ``obj`` as JSON to ``path`` atomically (numpy values and paths are converted, see
+    :func:`json_default`).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     atomic_write_json(pathlib.Path(folder) / "m.json", {"acc": np.float64(0.75)}, indent=None)
+        ...     (pathlib.Path(folder) / "m.json").read_text()
+        '{"acc": 0.75}'
+    """
     atomic_write_text(path, json.dumps(obj, indent=indent, default=json_default))
 
 
@@ -139,6 +178,19 @@ def read_json(path: str | Path) -> Any:
     Raises:
         FileNotFoundError: the file does not exist.
         ValueError: the file is not valid JSON (the message names the file, line and column).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> good, bad = pathlib.Path(folder.name) / "good.json", pathlib.Path(folder.name) / "bad.json"
+        >>> _ = good.write_text('{"a": [1, 2]}'), bad.write_text('{"a": [1, 2')
+        >>> read_json(good)
+        {'a': [1, 2]}
+        >>> read_json(bad)
+        Traceback (most recent call last):
+        ...
+        ValueError: .../bad.json is not valid JSON (line 1, column 12: ...); it may be truncated or edited by hand
+        >>> folder.cleanup()
     """
     path = Path(path)
     try:
@@ -155,7 +207,17 @@ def read_json(path: str | Path) -> Any:
 
 
 def atomic_save_file(tensors: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """``safetensors.torch.save_file`` atomically (tensors are made contiguous and moved to the CPU)."""
+    """``safetensors.torch.save_file`` atomically (tensors are made contiguous and moved to the CPU).
+
+    Example:
+        >>> import tempfile, pathlib, torch
+        >>> from safetensors.torch import load_file
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = pathlib.Path(folder) / "w.safetensors"
+        ...     atomic_save_file({"w": torch.arange(6.0).reshape(2, 3).t()}, path)  # a non-contiguous view
+        ...     load_file(str(path))["w"].tolist()
+        [[0.0, 3.0], [1.0, 4.0], [2.0, 5.0]]
+    """
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
@@ -164,14 +226,36 @@ def atomic_save_file(tensors: dict[str, Any], path: str | Path, metadata: dict[s
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` atomically. Only save tensors and plain values: densattn reads these files back with
-    ``torch.load(weights_only=True)``, which refuses arbitrary Python objects."""
+    ``torch.load(weights_only=True)``, which refuses arbitrary Python objects.
+
+    Example:
+        >>> import tempfile, pathlib, torch
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = pathlib.Path(folder) / "state.pt"
+        ...     atomic_torch_save({"step": 3, "w": torch.ones(2)}, path)
+        ...     torch.load(path, weights_only=True)
+        {'step': 3, 'w': tensor([1., 1.])}
+    """
     import torch
 
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_figure(fig: Any, path: str | Path, *, dpi: int = 120) -> None:
-    """Save a matplotlib figure atomically (tight bounding box) and close it."""
+    """Save a matplotlib figure atomically (tight bounding box) and close it.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> import matplotlib
+        >>> matplotlib.use("Agg")
+        >>> import matplotlib.pyplot as plt
+        >>> fig, ax = plt.subplots(figsize=(1, 1))
+        >>> _ = ax.plot([0, 1], [1, 0])
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     save_figure(fig, pathlib.Path(folder) / "curve.png", dpi=20)
+        ...     (pathlib.Path(folder) / "curve.png").read_bytes()[:4], plt.fignum_exists(fig.number)
+        (b'\\x89PNG', False)
+    """
     import matplotlib.pyplot as plt
 
     try:
@@ -193,7 +277,20 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temp_files(directory: str | Path, *, recursive: bool = True) -> list[Path]:
-    """Delete temporary files left in ``directory`` by writers that no longer run; returns what was removed."""
+    """Delete temporary files left in ``directory`` by writers that no longer run; returns what was removed.
+
+    A temporary file is named ``.NAME.tmpPID-XXXXXXXX[.SUFFIX]``; it is stale when process ``PID`` no longer exists.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     folder = pathlib.Path(folder)
+        ...     dead = folder / ".a.json.tmp999999999-0123abcd"  # no process has this id
+        ...     mine = folder / f".b.json.tmp{os.getpid()}-0123abcd"  # a live writer's file is kept
+        ...     _ = dead.write_text("{"), mine.write_text("{")
+        ...     [p.name for p in remove_stale_temp_files(folder)], sorted(p.name for p in folder.iterdir())
+        (['.a.json.tmp999999999-0123abcd'], ['.b.json.tmp...-0123abcd'])
+    """
     directory = Path(directory)
     if not directory.is_dir():
         return []

@@ -67,6 +67,21 @@ class AdapterConfig:
 
     Subclasses add their fields (with defaults where a sensible one exists). :meth:`to_dict` / :meth:`from_dict` are
     an exact JSON round trip; unknown keys are refused, so a config written by a newer version fails loudly.
+
+    Example:
+        >>> from densattn.adapters.head import HeadConfig
+        >>> config = HeadConfig(head="conv", num_layers=4, dim=6, classes=["a", "b"])
+        >>> data = config.to_dict()
+        >>> data["type"], HeadConfig.from_dict(data) == config
+        ('head', True)
+        >>> HeadConfig.from_dict({**data, "colour": "red"})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: HeadConfig: unknown keys ['colour']; known: [...]
+        >>> HeadConfig(type="lora")
+        Traceback (most recent call last):
+        ...
+        ValueError: HeadConfig: type must be one of ('head',), got 'lora'
     """
 
     type: str
@@ -111,6 +126,14 @@ def adapter_type(directory: str | Path) -> str:
     Raises:
         FileNotFoundError: no adapter there (names what is missing).
         ValueError: the config is unreadable or records an unknown type.
+
+    Example:
+        >>> import tempfile
+        >>> from densattn.adapters import FusionAdapter
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     FusionAdapter([(2, 4), (3, 5)], ["a", "b"]).save_pretrained(folder)
+        ...     adapter_type(folder)
+        'fusion'
     """
     directory = Path(directory)
     path = directory / CONFIG_NAME
@@ -140,14 +163,62 @@ def load_adapter(directory: str | Path, *, is_trainable: bool = False, device: s
         device: where to put it.
 
     Returns:
-        The adapter module (its class is the one the config's ``type`` names).
+        The adapter module (its class is the one the config's ``type`` names), frozen and in eval mode unless
+        ``is_trainable``.
+
+    Example:
+        A save/load round trip gives back the same class with the same weights:
+
+        >>> import tempfile, torch
+        >>> from densattn.adapters import DensityAdapterModel
+        >>> model = DensityAdapterModel("pool", num_layers=3, dim=5, classes=["neg", "pos"])
+        >>> x = torch.randn(2, 3, 5)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     model.save_pretrained(folder)
+        ...     again = load_adapter(folder)
+        >>> type(again).__name__, again.training, any(p.requires_grad for p in again.parameters())
+        ('DensityAdapterModel', False, False)
+        >>> torch.equal(model.eval()(x), again(x)), again.get_config().classes
+        (True, ['neg', 'pos'])
     """
     return _adapter_class(adapter_type(directory)).from_pretrained(directory, is_trainable=is_trainable, device=device)
 
 
 class AdapterMixin:
     """Save and load for adapter modules. A subclass sets :attr:`config_class` and implements :meth:`get_config`
-    (the config derived from the module) and :meth:`from_config` (a fresh module from a config)."""
+    (the config derived from the module) and :meth:`from_config` (a fresh module from a config).
+
+    Example:
+        A minimal adapter: a linear classifier whose config records its two sizes.
+
+        >>> import tempfile, torch
+        >>> from dataclasses import dataclass
+        >>> from typing import ClassVar
+        >>> @dataclass
+        ... class TinyConfig(AdapterConfig):
+        ...     types: ClassVar[tuple[str, ...]] = ("head",)
+        ...     type: str = "head"
+        ...     inputs: int = 0
+        ...     outputs: int = 0
+        >>> class Tiny(AdapterMixin, torch.nn.Module):
+        ...     config_class = TinyConfig
+        ...     def __init__(self, inputs, outputs):
+        ...         super().__init__()
+        ...         self.classifier = torch.nn.Linear(inputs, outputs)
+        ...     def get_config(self):
+        ...         return TinyConfig(inputs=self.classifier.in_features, outputs=self.classifier.out_features)
+        ...     @classmethod
+        ...     def from_config(cls, config, *, device="cpu"):
+        ...         return cls(config.inputs, config.outputs).to(device)
+        >>> tiny = Tiny(4, 3)
+        >>> tiny.parameter_counts()
+        {'trainable_params': 15, 'trainable_params_without_classifier': 0}
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     tiny.save_pretrained(folder)
+        ...     again = Tiny.from_pretrained(folder, is_trainable=True)
+        >>> torch.equal(again.classifier.weight, tiny.classifier.weight), again.classifier.weight.requires_grad
+        (True, True)
+    """
 
     config_class: ClassVar[type[AdapterConfig]]
 
