@@ -31,6 +31,18 @@ class Inputs:
     Attributes:
         data: a tensor ``(N, ...)`` or a dict of tensors ``(N, ...)`` (e.g. ``input_ids``, ``attention_mask``).
         lengths: optional ``(N,)`` sequence lengths; batches then group examples of similar length.
+
+    Example:
+        Text inputs: a batch is trimmed to its longest sequence, and the eval batches go by length.
+
+        >>> ids = torch.tensor([[5, 6, 7, 0], [5, 0, 0, 0], [5, 6, 0, 0]])
+        >>> inputs = Inputs({"input_ids": ids, "attention_mask": ids > 0}, lengths=torch.tensor([3, 1, 2]))
+        >>> len(inputs), [b.tolist() for b in inputs.eval_batches(2)]
+        (3, [[1, 2], [0]])
+        >>> inputs.batch(torch.tensor([1, 2]))["input_ids"].tolist()
+        [[5, 0], [5, 6]]
+        >>> inputs.select([0]).lengths.tolist(), inputs.nbytes
+        ([3], 108)
     """
 
     data: Tensor | dict[str, Tensor]

@@ -46,7 +46,17 @@ __all__ = [
 
 
 class NonFiniteLossError(ValueError):
-    """Training produced a NaN/inf loss or parameter; nothing of that epoch is saved."""
+    """Training produced a NaN/inf loss or parameter; nothing of that epoch is saved.
+
+    Example:
+        >>> x, y = torch.tensor([[1e38, -1e38]]).repeat(8, 1), torch.tensor([0, 1] * 4)
+        >>> train_model(nn.Linear(2, 2), x, y, x, y, TrainConfig(epochs=1, lr=1e3, batch_size=4))
+        Traceback (most recent call last):
+        ...
+        densattn.train.loop.NonFiniteLossError: ...
+        >>> issubclass(NonFiniteLossError, ValueError)
+        True
+    """
 
 
 @dataclass
@@ -60,6 +70,16 @@ class TrainResult:
         best_state: the model's adapter state at ``best_epoch``.
         last_state: the state after the last epoch.
         seconds: training time of this call plus that of the resumed checkpoint.
+        groups: the optimiser groups (:func:`~densattn.train.optim.describe_groups`).
+
+    Example:
+        >>> x = torch.randn(24, 3, generator=torch.Generator().manual_seed(0))
+        >>> y = (x[:, 0] > 0).long()
+        >>> result = train_model(nn.Linear(3, 2), x[:16], y[:16], x[16:], y[16:], TrainConfig(epochs=3, lr=0.1))
+        >>> [h["epoch"] for h in result.history], sorted(result.best_state), result.groups[0]["name"]
+        ([1, 2, 3], ['bias', 'weight'], 'decay')
+        >>> result.best_score == max(h["val_accuracy"] for h in result.history)
+        True
     """
 
     history: list[dict[str, float]]
@@ -97,6 +117,16 @@ def predict_logits(
     With ``dist`` of several ranks, each rank predicts every ``world_size``-th batch and every rank gets all logits
     (the batches are the same as in one process, so are the logits). Logits stay on the device until the end: one
     copy to the host, not one per batch.
+
+    Shapes:
+        ``inputs (N, ...)`` -> logits ``(N, C)`` (a selecting probe: ``(N, L, C)``), in the order of ``inputs``.
+
+    Example:
+        >>> model = nn.Linear(3, 2)
+        >>> x = torch.randn(10, 3)
+        >>> logits = predict_logits(model, x, batch_size=4)
+        >>> logits.shape, torch.allclose(logits, model(x)), model.training
+        (torch.Size([10, 2]), True, False)
     """
     inputs = inputs if isinstance(inputs, Inputs) else Inputs(inputs)
     model.eval()
@@ -128,6 +158,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ValueError: the file is not a densattn checkpoint: not a torch archive (empty, truncated, other bytes), or
             it holds Python objects that safe loading refuses (nothing in it is executed). The message names the
             file and says how to continue.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> torch.save({"epoch": 2, "model": {"w": torch.zeros(2)}}, folder / "state.pt")
+        >>> load_checkpoint(folder / "state.pt")["epoch"]
+        2
+        >>> _ = (folder / "cut.pt").write_bytes((folder / "state.pt").read_bytes()[:50])
+        >>> load_checkpoint(folder / "cut.pt")
+        Traceback (most recent call last):
+        ...
+        ValueError: .../cut.pt is not a torch checkpoint archive (empty, truncated or overwritten); delete it and ...
     """
     path = Path(path)
     fix = "delete it and rerun with --resume: this fold then restarts from its first epoch"
@@ -194,11 +236,36 @@ def train_model(
         dist: train data-parallel over these ranks (every rank calls this with the same arguments; see the module
             docstring); ``None`` trains in this process alone.
 
+    Shapes:
+        ``train (N, ...)``, ``train_y (N,)`` int64 in ``[0, C)``; ``val (M, ...)``, ``val_y (M,)``; the model maps a
+        batch ``(B, ...)`` to logits ``(B, C)``.
+
     Raises:
         ValueError: empty splits, a model that cannot train with these settings, fewer examples per batch than
             ranks, or a checkpoint written by another number of ranks.
         NonFiniteLossError: the loss or a parameter became NaN/inf (lower the learning rate); nothing of the
             failing epoch is saved.
+
+    Example:
+        A linearly separable toy problem; resuming from the checkpoint of a 2-epoch run gives the 4-epoch run:
+
+        >>> import tempfile, pathlib
+        >>> x = torch.randn(48, 4, generator=torch.Generator().manual_seed(0))
+        >>> y = (x[:, 0] + x[:, 1] > 0).long()
+        >>> cfg = TrainConfig(epochs=4, lr=0.3, batch_size=8)
+        >>> _ = torch.manual_seed(0)
+        >>> full = nn.Linear(4, 2)
+        >>> result = train_model(full, x[:32], y[:32], x[32:], y[32:], cfg)
+        >>> len(result.history), result.best_epoch, result.best_score  # val accuracy of 16 examples
+        (4, 2, 0.875)
+        >>> _ = torch.manual_seed(0)
+        >>> part = nn.Linear(4, 2)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     state = pathlib.Path(folder) / "state.pt"
+        ...     _ = train_model(part, x[:32], y[:32], x[32:], y[32:], cfg.replace(epochs=2), checkpoint=state)
+        ...     resumed = train_model(part, x[:32], y[:32], x[32:], y[32:], cfg, checkpoint=state, resume=True)
+        >>> torch.equal(part.weight, full.weight), resumed.best_epoch == result.best_epoch
+        (True, True)
     """
     from tqdm.auto import tqdm
 

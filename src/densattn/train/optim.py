@@ -57,6 +57,22 @@ def optimizer_groups(
     Returns:
         ``[{"params", "param_names", "lr", "weight_decay", "name"}, ...]``; ``name`` is ``decay`` / ``no_decay``,
         suffixed ``@xS`` for an lr scale S != 1.
+
+    Raises:
+        ValueError: the model has no trainable parameter.
+
+    Example:
+        Matrices are decayed, biases and norm scales are not; a LoRA+-style scale splits off a faster group:
+
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+        >>> _ = model[2].weight.requires_grad_(False)  # frozen: in no group
+        >>> faster = lambda name: 4.0 if name == "1.weight" else 1.0
+        >>> groups = optimizer_groups(model, lr=1e-3, weight_decay=0.1, lr_scale=faster)
+        >>> for g in groups:
+        ...     print(g["name"], g["lr"], g["weight_decay"], g["param_names"])
+        decay 0.001 0.1 ['0.weight']
+        no_decay 0.001 0.0 ['0.bias', '1.bias', '2.bias']
+        no_decay@x4 0.004 0.0 ['1.weight']
     """
     no_decay = _no_decay_names(model)
     groups: dict[tuple[bool, float], dict[str, Any]] = {}
@@ -83,7 +99,15 @@ def optimizer_groups(
 
 
 def describe_groups(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """JSON-ready description of :func:`optimizer_groups` (names, lr, decay, parameter counts), for run configs."""
+    """JSON-ready description of :func:`optimizer_groups` (names, lr, decay, parameter counts), for run configs.
+
+    Example:
+        >>> groups = optimizer_groups(nn.Linear(3, 2), lr=1e-2, weight_decay=0.05)
+        >>> for g in describe_groups(groups):
+        ...     print(g)
+        {'name': 'decay', 'lr': 0.01, 'weight_decay': 0.05, 'num_params': 6, 'param_names': ['weight']}
+        {'name': 'no_decay', 'lr': 0.01, 'weight_decay': 0.0, 'num_params': 2, 'param_names': ['bias']}
+    """
     return [
         {
             "name": g["name"],

@@ -48,7 +48,18 @@ _SHARED_TOKEN = ".densattn-shared-"  # a token file of Distributed.check_shared_
 
 
 class RunLockedError(ValueError):
-    """Another process holds the run directory's lock."""
+    """Another process holds the run directory's lock.
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> first = RunDirectory(folder.name + "/run")
+        >>> RunDirectory(folder.name + "/run")  # the lock is per open file: a second opener is refused
+        Traceback (most recent call last):
+        ...
+        densattn.train.rundir.RunLockedError: another densattn process is writing .../run (it holds .../run/.lock); ...
+        >>> first.close(); folder.cleanup()
+    """
 
 
 def _canonical(obj: Any) -> str:
@@ -83,6 +94,25 @@ class RunDirectory:
         ValueError: ``path`` is a file, is not writable, holds other files (without ``resume``), or is locked by
             another process (:class:`RunLockedError`), or (several ranks) not the same directory on every rank.
             Every message names the path and what to do.
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> with RunDirectory(folder.name + "/run") as run:
+        ...     run.write_config({"method": "conv", "folds": 5})
+        ...     atomic_write_json(run.fold_dir(0) / "result.json", {"accuracy": 0.9})
+        ...     run.finished_folds(), run.fold_result(0)
+        ([0], {'accuracy': 0.9})
+        >>> RunDirectory(folder.name + "/run")  # a finished fold is there: new runs are refused
+        Traceback (most recent call last):
+        ...
+        ValueError: run directory .../run is not empty; pass --resume to continue it or choose another --out
+        >>> with RunDirectory(folder.name + "/run", resume=True) as run:
+        ...     run.write_config({"method": "daam", "folds": 5})
+        Traceback (most recent call last):
+        ...
+        ValueError: --resume: .../run was started with a different configuration (differs in ['method']); ...
+        >>> folder.cleanup()
     """
 
     def __init__(self, path: str | Path, *, resume: bool = False, dist: Distributed | None = None) -> None:
