@@ -48,6 +48,18 @@ class EndToEndMethod(Method):
         pooled_features: ``(N, dim)`` last-layer pooled features of the frozen encoder (e.g. the feature cache's
             last layer) for the classifier's input standardisation; computed with the frozen model when omitted.
         encoder_info: the encoder's identity (name, options, weights hash), recorded to rebuild it.
+
+    Example:
+        The bundled MiniLM with IA3 (targets resolved from the encoder); the texts are tokenised once, here:
+
+        >>> from densattn.encoders import get_encoder
+        >>> texts = ["good film", "great fun", "dull plot", "awful"]
+        >>> method = EndToEndMethod(get_encoder("minilm", max_length=8), texts, [1, 1, 0, 0], ["neg", "pos"],
+        ...                         method="ia3")
+        >>> method.tuner.to_dict()
+        {'method': 'ia3', 'target_modules': ['key', 'value', 'output.dense'], 'feedforward_modules': ['output.dense']}
+        >>> sorted(method.prepared), method.pooled.shape, method.inputs(np.array([0, 3])).lengths.tolist()
+        (['attention_mask', 'input_ids', 'token_type_ids'], torch.Size([4, 384]), [4, 3])
     """
 
     kind = "end_to_end"
@@ -124,6 +136,21 @@ def run_end_to_end_experiment(
     ``options`` are those of :class:`EndToEndMethod` (``tuner_options``, ``loraplus_ratio``, ``groups``,
     ``pooled_features``, ``encoder_info``) and of :func:`~densattn.train.run_folds` (``out`` required,
     ``train_config``, ``folds``, ``resume``, ``progress``, ``extra_config``, ``plots``, ``search``).
+
+    Example:
+        LoRA of rank 2 on MiniLM's ``query`` and ``value`` (6 layers x 2 x 2 (384 + 384) = 18432 parameters), one
+        80/20 split, one epoch:
+
+        >>> import tempfile
+        >>> from densattn.encoders import get_encoder
+        >>> texts = ["good film", "great fun", "loved it", "superb", "bad film", "dull plot", "hated it", "awful"]
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     m = run_end_to_end_experiment(get_encoder("minilm", max_length=8), texts, [1] * 4 + [0] * 4,
+        ...                                   ["neg", "pos"], method="lora", tuner_options={"rank": 2, "alpha": 4.0},
+        ...                                   out=folder, folds=1, plots=False,
+        ...                                   train_config=TrainConfig(epochs=1, batch_size=4, val_fraction=0.25))
+        >>> m["method"], m["num_folds"], m["trainable_params_without_classifier"], m["trainable_params"]
+        ('lora', 1, 18432, 19202)
     """
     method_keys = ("tuner_options", "loraplus_ratio", "groups", "pooled_features", "encoder_info")
     method_options = {k: options.pop(k) for k in method_keys if k in options}

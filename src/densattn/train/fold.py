@@ -68,7 +68,14 @@ def search_candidates(search: dict[str, Sequence[Any]] | None, config: TrainConf
 
 
 def search_grid(candidates: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    """``{setting: [values]}`` of a candidate list (what ``config.json`` records)."""
+    """``{setting: [values]}`` of a candidate list (what ``config.json`` records); inverse of
+    :func:`search_candidates` for a full grid.
+
+    Example:
+        >>> candidates = search_candidates({"lr": [1e-3, 3e-3], "batch_size": [16, 32]}, TrainConfig())
+        >>> len(candidates), search_grid(candidates)
+        (4, {'lr': [0.001, 0.003], 'batch_size': [16, 32]})
+    """
     keys = list(candidates[0])
     return {k: list(dict.fromkeys(c[k] for c in candidates)) for k in keys}
 
@@ -114,7 +121,35 @@ def _record(outcome) -> dict[str, Any]:
 
 def train_fold(method, run, fold, y: Tensor, cfg: TrainConfig, candidates, resume, progress, dist: Distributed):
     """Train one fold (every candidate of the search, or the run's own settings), test the model chosen on
-    validation, and write ``folds/K/{adapter/, last.safetensors, result.json}`` (rank 0; ``result.json`` last)."""
+    validation, and write ``folds/K/{adapter/, last.safetensors, result.json}`` (rank 0; ``result.json`` last).
+
+    Args:
+        method: a :class:`~densattn.train.runner.Method`; ``run``: the open
+            :class:`~densattn.train.rundir.RunDirectory`; ``fold``: a :class:`~densattn.train.runner.Fold`;
+            ``y``: all labels ``(N,)``; ``cfg``: the run's :class:`TrainConfig`; ``candidates``: from
+            :func:`search_candidates` (empty: no search); ``resume``, ``progress``; ``dist``: the ranks.
+
+    Raises:
+        NonFiniteLossError: every candidate diverged and ``cfg.on_nonfinite`` is ``"error"``.
+
+    Example:
+        >>> import tempfile
+        >>> from densattn.data.cache import FeatureSet
+        >>> from densattn.distributed import current
+        >>> from densattn.train import RunDirectory, make_folds
+        >>> from densattn.train.methods import HeadMethod
+        >>> fs = FeatureSet(torch.randn(30, 2, 4), torch.arange(30) % 2, ["a", "b"], [str(i) for i in range(30)])
+        >>> cfg = TrainConfig(epochs=1)
+        >>> fold = make_folds(fs.labels, folds=3, config=cfg)[0]
+        >>> grid = search_candidates({"lr": [1e-3, 1e-2]}, cfg)
+        >>> with tempfile.TemporaryDirectory() as folder, RunDirectory(folder) as run:
+        ...     train_fold(HeadMethod(fs, "pool"), run, fold, fs.labels, cfg, grid, False, False, current())
+        ...     print(sorted(p.name for p in run.fold_dir(0).iterdir()))
+        ...     result = run.fold_result(0)
+        ['adapter', 'last.safetensors', 'result.json']
+        >>> result["num_test"], [c["lr"] for c in result["search"]], result["chosen"]["lr"] in (1e-3, 1e-2)
+        (10, [0.001, 0.01], True)
+    """
     fold_dir = run.fold_dir(fold.index)
     searching = bool(candidates)
     records: list[dict[str, Any]] = []

@@ -30,6 +30,18 @@ class HeadMethod(Method):
     """A head (``daam``, ``gqdaam``, ``mha``, ``mha_bn``, ``conv``, ``pool``, ``linear``) on cached features.
 
     The options are validated (and their defaults resolved) at construction, before anything is trained or written.
+
+    Example:
+        >>> fs = FeatureSet(torch.randn(6, 4, 8), torch.tensor([0, 1] * 3), ["a", "b"], list("uvwxyz"))
+        >>> method = HeadMethod(fs, "daam", {"num_heads": 2})
+        >>> method.name, method.head_options["num_heads"], method.build(0)(fs.features).shape
+        ('daam', 2, torch.Size([6, 2]))
+        >>> method.inputs(np.array([0, 5])).data.shape
+        torch.Size([2, 4, 8])
+        >>> HeadMethod(fs, "daam", {"colour": "red"})
+        Traceback (most recent call last):
+        ...
+        ValueError: option(s) ['colour'] do not apply to the 'daam' head; it accepts [...]
     """
 
     kind = "head"
@@ -97,7 +109,22 @@ class HeadMethod(Method):
 
 
 class FusionMethod(Method):
-    """A fusion head over M >= 2 feature sets of the same examples (aligned by example id)."""
+    """A fusion head over M >= 2 feature sets of the same examples (aligned by example id).
+
+    Shapes:
+        set m holds ``(N, L_m, d_m)``; :meth:`inputs` packs them into ``(n, sum_m L_m d_m)``
+        (:meth:`~densattn.adapters.FusionAdapter.pack`).
+
+    Example:
+        >>> ids, y = ["a", "b", "c", "d"], torch.tensor([0, 1, 0, 1])
+        >>> text = FeatureSet(torch.randn(4, 2, 3), y, ["neg", "pos"], ids)
+        >>> audio = FeatureSet(torch.randn(4, 1, 5), y[[3, 2, 1, 0]], ["neg", "pos"], ids[::-1])  # other order
+        >>> method = FusionMethod([text, audio], "concat")
+        >>> method.name, method.shapes, method.inputs(np.array([0, 1])).data.shape
+        ('fusion-concat', [(2, 3), (1, 5)], torch.Size([2, 11]))
+        >>> method.build(0)(method.packed).shape
+        torch.Size([4, 2])
+    """
 
     kind = "fusion"
 
@@ -200,5 +227,16 @@ def run_fusion_experiment(
     Folds, validation carving, seeds and the training loop are those of :func:`run_experiment`, so a fusion run
     and a head run on the same data are directly comparable. Groups (for ``folds="logo"``) come from the first set.
     ``run_options`` are those of :func:`~densattn.train.run_folds` (``out`` required).
+
+    Example:
+        >>> import tempfile
+        >>> from densattn.train import TrainConfig
+        >>> ids, y = [str(i) for i in range(30)], torch.arange(30) % 2
+        >>> sets = [FeatureSet(torch.randn(30, n, d), y, ["a", "b"], ids) for n, d in [(2, 4), (3, 2)]]
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     m = run_fusion_experiment(sets, method="ban", out=folder, folds=2, plots=False,
+        ...                               train_config=TrainConfig(epochs=1))
+        >>> m["method"], m["num_folds"], len(m["classes"])
+        ('fusion-ban', 2, 2)
     """
     return run_folds(FusionMethod(feature_sets, method, fusion_options, encoder_infos), **run_options)

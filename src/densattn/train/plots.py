@@ -16,7 +16,16 @@ __all__ = ["plot_confusion", "plot_curves", "plt", "save_figure"]
 
 
 def plot_curves(histories: list[list[dict]], path: Path, *, title: str = "training curves") -> None:
-    """Training loss and validation accuracy per epoch, one line per fold."""
+    """Training loss and validation accuracy per epoch, one line per fold.
+
+    Example:
+        >>> import tempfile
+        >>> history = [{"epoch": e, "train_loss": 1 / e, "val_accuracy": 0.5 + e / 10} for e in (1, 2, 3)]
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     plot_curves([history, history[:2]], Path(folder) / "curves.png")
+        ...     (Path(folder) / "curves.png").stat().st_size > 1000, plt.get_fignums()
+        (True, [])
+    """
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
     for k, hist in enumerate(histories):
         epochs = [h["epoch"] for h in hist]
@@ -30,7 +39,15 @@ def plot_curves(histories: list[list[dict]], path: Path, *, title: str = "traini
 
 
 def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path, *, title: str = "confusion matrix") -> None:
-    """Row-normalised confusion matrix with counts."""
+    """Row-normalised confusion matrix with counts: cell ``(i, j)`` is coloured by ``M[i, j] / sum_j M[i, j]``.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     plot_confusion(np.array([[5, 1], [0, 4]]), ["neg", "pos"], Path(folder) / "confusion.png")
+        ...     (Path(folder) / "confusion.png").read_bytes()[:4]
+        b'\\x89PNG'
+    """
     matrix = np.asarray(matrix)
     norm = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
     size = max(3.5, 0.55 * len(classes) + 1.5)
