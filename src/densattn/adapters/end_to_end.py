@@ -52,6 +52,15 @@ class PeftClassifierConfig(AdapterConfig):
         tuner: the tuner's options (``densattn.adapters.tuners``), targets resolved.
         dropout: dropout before the classifier.
         pooling: how the last hidden state is pooled.
+
+    Example:
+        >>> config = PeftClassifierConfig(type="ia3", encoder={"name": "minilm"}, classes=["a", "b"])
+        >>> PeftClassifierConfig.from_dict(config.to_dict()) == config, config.pooling
+        (True, 'last-layer-mean-masked')
+        >>> PeftClassifierConfig(type="head")
+        Traceback (most recent call last):
+        ...
+        ValueError: PeftClassifierConfig: type must be one of ('lora', 'ia3', 'daam_peft'), got 'head'
     """
 
     types: ClassVar[tuple[str, ...]] = ("lora", "ia3", "daam_peft")
@@ -77,6 +86,28 @@ class PeftClassifier(AdapterMixin, nn.Module):
 
     Shapes:
         ``forward(inputs)``: a dict of batch-first tensors from :meth:`prepare` -> logits ``(B, len(classes))``.
+
+    Example:
+        Only the tuner's weights and the classifier are saved; reloading rebuilds the encoder from its package:
+
+        >>> import tempfile
+        >>> from safetensors.torch import load_file
+        >>> from densattn.adapters import IA3Tuner, load_adapter
+        >>> from densattn.encoders import get_encoder
+        >>> encoder = get_encoder("minilm", max_length=8)
+        >>> model = PeftClassifier(encoder, ["neg", "pos"], tuner=IA3Tuner(), encoder_info={"name": "minilm",
+        ...                        "options": {"max_length": 8}, **encoder.identity()}).eval()
+        >>> inputs = model.prepare(["good film", "dull plot"])
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     model.save_pretrained(folder)
+        ...     saved = load_file(folder + "/adapter_model.safetensors")
+        ...     again = load_adapter(folder)
+        >>> sum("ia3_l" in k for k in saved), sorted(k for k in saved if "ia3_l" not in k)  # 4 IA3 vectors per layer
+        (24, ['classifier.bias', 'classifier.weight', 'input_mean', 'input_std'])
+        >>> sum(v.numel() for v in saved.values()) == model.parameter_counts()["trainable_params"] + 2 * 384
+        True
+        >>> type(again).__name__, torch.allclose(again(inputs), model(inputs))
+        ('PeftClassifier', True)
     """
 
     config_class: ClassVar[type[PeftClassifierConfig]] = PeftClassifierConfig
@@ -230,7 +261,15 @@ class PeftClassifier(AdapterMixin, nn.Module):
 
 
 def slice_inputs(inputs: dict[str, Tensor], start: int | Tensor, stop: int | None = None) -> dict[str, Tensor]:
-    """Rows ``start:stop`` (or the index tensor ``start``) of every prepared input tensor."""
+    """Rows ``start:stop`` (or the index tensor ``start``) of every prepared input tensor.
+
+    Example:
+        >>> inputs = {"input_ids": torch.arange(8).view(4, 2), "attention_mask": torch.ones(4, 2, dtype=torch.bool)}
+        >>> slice_inputs(inputs, 1, 3)["input_ids"].tolist()
+        [[2, 3], [4, 5]]
+        >>> {k: tuple(v.shape) for k, v in slice_inputs(inputs, torch.tensor([3, 0, 3])).items()}
+        {'input_ids': (3, 2), 'attention_mask': (3, 2)}
+    """
     if stop is None:
         return {k: v[start] for k, v in inputs.items()}
     return {k: v[start:stop] for k, v in inputs.items()}

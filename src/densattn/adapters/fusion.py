@@ -35,6 +35,13 @@ class FusionConfig(AdapterConfig):
         fusion_options: further :class:`~densattn.heads.FusionHead` options.
         encoders: one identity dict per modality (what produced its features), in packing order.
         seed: seed of MAN's random features, so a saved config rebuilds the same module.
+
+    Example:
+        >>> config = FusionAdapter([(3, 8), (2, 4)], ["a", "b"], method="man", seed=5).get_config()
+        >>> config.type, config.method, config.shapes, config.seed
+        ('fusion', 'man', [[3, 8], [2, 4]], 5)
+        >>> FusionConfig.from_dict(config.to_dict()) == config
+        True
     """
 
     types: ClassVar[tuple[str, ...]] = ("fusion",)

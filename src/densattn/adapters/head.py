@@ -29,6 +29,13 @@ class HeadConfig(AdapterConfig):
         classes: class names, in label order.
         head_options: the options that rebuild the head (defaults resolved, e.g. the selected probe layer).
         encoder: identity of the frozen encoder that produced the features (``name``, ``options``, weights hash).
+
+    Example:
+        >>> config = DensityAdapterModel("linear", num_layers=7, dim=16, classes=["a", "b"]).get_config()
+        >>> config.head, (config.num_layers, config.dim), sorted(config.head_options)
+        ('linear', (7, 16), ['layer'])
+        >>> DensityAdapterModel.from_config(config).get_config() == config
+        True
     """
 
     types: ClassVar[tuple[str, ...]] = ("head",)

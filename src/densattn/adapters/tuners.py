@@ -60,6 +60,18 @@ def encoder_kind(encoder) -> str:
 
     Raises:
         ValueError: for encoders with no differentiable path here (HF audio checkpoints other than whisper-tiny).
+
+    Example:
+        >>> from densattn.encoders import get_encoder
+        >>> from densattn.encoders.base import EncoderAdapter
+        >>> encoder_kind(get_encoder("minilm"))
+        'text'
+        >>> class Spectra(EncoderAdapter):  # some other audio encoder
+        ...     name, modality, num_layers, dim = "spectra", "audio", 1, 8
+        >>> encoder_kind(Spectra())
+        Traceback (most recent call last):
+        ...
+        ValueError: end-to-end tuning supports the bundled encoders and Hugging Face text/image checkpoints, not ...
     """
     from densattn.encoders.efficientnet import EfficientNetLite0Encoder
     from densattn.encoders.hf import HFEncoder
@@ -78,7 +90,19 @@ def encoder_kind(encoder) -> str:
 
 
 def default_target_modules(encoder, method: str = "lora") -> tuple[list[str], list[str]]:
-    """``(target_modules, feedforward_modules)`` a tuner adapts when none are given (see the module docstring)."""
+    """``(target_modules, feedforward_modules)`` a tuner adapts when none are given (see the module docstring).
+
+    Raises:
+        ValueError: no default for this model type and ``method`` (the message says to pass ``--target-modules``).
+
+    Example:
+        >>> from densattn.encoders import get_encoder
+        >>> minilm = get_encoder("minilm")
+        >>> default_target_modules(minilm, "lora")
+        (['query', 'value'], [])
+        >>> default_target_modules(minilm, "ia3")
+        (['key', 'value', 'output.dense'], ['output.dense'])
+    """
     kind = encoder_kind(encoder)
     if kind in _DEFAULT_TARGETS:
         targets, ff = _DEFAULT_TARGETS[kind][method]
@@ -103,7 +127,23 @@ def _matches(name: str, targets: Sequence[str]) -> bool:
 
 
 def lora_parameter_count(model: nn.Module, target_modules: Sequence[str], rank: int) -> int:
-    """Analytic LoRA parameter count of ``model`` (before wrapping), see the module docstring."""
+    """Analytic LoRA parameter count of ``model`` (before wrapping), see the module docstring:
+    ``r (in + out)`` per targeted ``Linear(in, out)``, ``r in k^2 / groups + r out`` per targeted ``Conv2d``.
+
+    A target matches a module whose name equals it or ends with ``"." + target`` (peft's rule).
+
+    Example:
+        >>> block = nn.ModuleDict({"query": nn.Linear(8, 8), "value": nn.Linear(8, 4), "key": nn.Linear(8, 8),
+        ...                        "conv": nn.Conv2d(4, 6, kernel_size=3)})
+        >>> lora_parameter_count(block, ["query", "value"], rank=2)  # 2 (8 + 8) + 2 (8 + 4)
+        56
+        >>> lora_parameter_count(block, ["conv"], rank=2)  # 2 * 4 * 9 + 2 * 6
+        84
+        >>> from peft import LoraConfig, get_peft_model
+        >>> tuned = get_peft_model(block, LoraConfig(r=2, target_modules=["query", "value", "conv"]))
+        >>> sum(p.numel() for p in tuned.parameters() if p.requires_grad)  # peft's own count agrees
+        140
+    """
     total = 0
     for name, module in model.named_modules():
         if not _matches(name, target_modules):
@@ -310,6 +350,16 @@ def make_tuner(method: str, /, **options: Any) -> _PeftTuner:
 
     Raises:
         ValueError: an unknown method, or an option the method does not take (the message lists the valid ones).
+
+    Example:
+        >>> make_tuner("lora", rank=4, alpha=8.0)
+        LoraTuner(target_modules=None, rank=4, alpha=8.0, dropout=0.0)
+        >>> make_tuner("ia3", **IA3Tuner(target_modules=["key"]).to_dict()).to_dict()  # a recorded config rebuilds
+        {'method': 'ia3', 'target_modules': ['key'], 'feedforward_modules': None}
+        >>> make_tuner("ia3", rank=4)
+        Traceback (most recent call last):
+        ...
+        ValueError: option(s) ['rank'] do not apply to ia3; it accepts ['target_modules', 'feedforward_modules']
     """
     if method not in TUNERS:
         raise ValueError(f"unknown tuner {method!r}; choose one of {sorted(TUNERS)}")
