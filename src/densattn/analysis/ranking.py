@@ -85,6 +85,24 @@ def rank_methods(
 
     Raises:
         ValueError: fewer than 2 tasks or 3 methods (Friedman's test needs them), or a missing score.
+
+    Example:
+        Four tasks, three methods, no ties: the statistics follow the module docstring's formulas.
+
+        >>> rows = {"t1": (0.9, 0.8, 0.7), "t2": (0.85, 0.86, 0.7), "t3": (0.8, 0.75, 0.6), "t4": (0.7, 0.65, 0.66)}
+        >>> scores = {task: dict(zip(["daam", "mha", "linear"], row)) for task, row in rows.items()}
+        >>> result = rank_methods(scores)
+        >>> result["average_ranks"], result["ranks"]["t2"]
+        ({'daam': 1.25, 'mha': 2.0, 'linear': 2.75}, {'daam': 2.0, 'mha': 1.0, 'linear': 3.0})
+        >>> R, N, k = result["average_ranks"].values(), 4, 3
+        >>> chi2 = 12 * N / (k * (k + 1)) * (sum(r * r for r in R) - k * (k + 1) ** 2 / 4)
+        >>> chi2, result["friedman"]["statistic"], (N - 1) * chi2 / (N * (k - 1) - chi2)
+        (4.5, 4.5, 3.857142857142857)
+        >>> result["friedman"]["iman_davenport"] == 27 / 7
+        True
+        >>> nemenyi = result["nemenyi"]
+        >>> round(nemenyi["critical_difference"], 3), round(nemenyi["p_values"]["daam"]["linear"], 3)
+        (1.657, 0.086)
     """
     tasks, methods, table = _table(scores, methods)
     n, k = table.shape
@@ -136,7 +154,16 @@ def _nemenyi(table: np.ndarray, methods: list[str]) -> dict[str, dict[str, float
 
 def plot_critical_difference(result: dict[str, Any], path: str | Path, *, title: str = "") -> None:
     """The critical-difference diagram of :func:`rank_methods`' result: average ranks on an axis, methods joined
-    by a bar when the Nemenyi test does not separate them (scikit-posthocs' ``critical_difference_diagram``)."""
+    by a bar when the Nemenyi test does not separate them (scikit-posthocs' ``critical_difference_diagram``).
+
+    Example:
+        >>> import tempfile
+        >>> scores = {t: {"daam": 0.9 - i / 50, "mha": 0.8, "linear": 0.7 + i / 100} for i, t in enumerate("abc")}
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     plot_critical_difference(rank_methods(scores), Path(folder) / "cd.png", title="demo")
+        ...     (Path(folder) / "cd.png").read_bytes()[:4]
+        b'\\x89PNG'
+    """
     import matplotlib
 
     matplotlib.use("Agg")

@@ -85,6 +85,26 @@ def paired_difference(
         ``n``, ``differences``, ``mean_difference``, ``std_difference`` (ddof 1), ``ci_low``/``ci_high``/``p_value``
         (with ``correction``), ``t_ci_low``/``t_ci_high``/``t_p_value`` (plain paired t), ``wilcoxon_p_value``,
         ``significant`` (the interval excludes 0), ``correction`` and ``confidence``.
+
+    Raises:
+        ValueError: fewer than 2 folds, ``a`` and ``b`` of different lengths, or an unknown ``correction``.
+
+    Example:
+        The same 5 paired folds: the plain paired t-test calls the gain significant, the corrected test (whose
+        standard error is ``sqrt(1/5 + 0.25) / sqrt(1/5) = 1.5`` times larger) does not:
+
+        >>> a, b = [0.82, 0.80, 0.85, 0.79, 0.81], [0.80, 0.79, 0.82, 0.79, 0.78]
+        >>> row = paired_difference(a, b, test_fraction=0.25)
+        >>> round(row["mean_difference"], 3), round(row["std_difference"], 4), row["significant"]
+        (0.018, 0.013, False)
+        >>> round((row["ci_high"] - row["ci_low"]) / (row["t_ci_high"] - row["t_ci_low"]), 6)
+        1.5
+        >>> round(row["t_p_value"], 3), round(row["p_value"], 3), row["wilcoxon_p_value"]  # one zero difference
+        (0.037, 0.109, 0.125)
+        >>> paired_difference([0.9, 0.8], [0.7])
+        Traceback (most recent call last):
+        ...
+        ValueError: a and b must be 1-D with one score per fold each, got shapes (2,) and (1,); ...
     """
     if correction not in CORRECTIONS:
         raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
