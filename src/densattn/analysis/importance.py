@@ -183,6 +183,15 @@ def density_module(model: nn.Module) -> nn.Module:
 
     Raises:
         ValueError: the model's head has no density weights (``mha``, ``conv``, ``pool``, ``linear``, ...).
+
+    Example:
+        >>> from densattn.adapters import DensityAdapterModel
+        >>> type(density_module(DensityAdapterModel("gqdaam", num_layers=4, dim=8, classes=["a", "b"]))).__name__
+        'DensityAdaptiveAttention'
+        >>> density_module(DensityAdapterModel("pool", num_layers=4, dim=8, classes=["a", "b"]))
+        Traceback (most recent call last):
+        ...
+        ValueError: head 'pool' has no density (DAAM) weights, so it has no Importance Factor; train with ...
     """
     from densattn.attention import DensityAdaptiveAttention, GroupedQueryDensityAttention
 
@@ -204,7 +213,15 @@ def density_module(model: nn.Module) -> nn.Module:
 @torch.no_grad()
 def density_weights(model: nn.Module, features: Tensor) -> Tensor:
     """DAAM weights ``(B, L, d)`` of a head (or adapter) for pooled features ``(B, L, d)``, after the head's
-    input standardisation, as the head computes them in its forward pass."""
+    input standardisation, as the head computes them in its forward pass.
+
+    Example:
+        >>> from densattn.heads import build_head
+        >>> head = build_head("daam", 4, 6, 3).eval()
+        >>> weights = density_weights(head, torch.randn(5, 4, 6))
+        >>> weights.shape, bool((weights > 0).all())
+        (torch.Size([5, 4, 6]), True)
+    """
     attention = density_module(model)
     head = getattr(model, "head", model)
     norm = getattr(head, "input_norm", None)
@@ -258,6 +275,21 @@ def explain_run(
 
     Raises:
         ValueError: the run's head has no density weights, or the features do not match the run.
+
+    Example:
+        A DAAM head trained on synthetic features (layers ``L0``..``L3``), explained on fold 0's validation split:
+
+        >>> import tempfile
+        >>> from densattn.train import TrainConfig, run_experiment
+        >>> x, y = torch.randn(40, 4, 6, generator=torch.Generator().manual_seed(0)), torch.arange(40) % 2
+        >>> fs = FeatureSet(x, y, ["a", "b"], [str(i) for i in range(40)])
+        >>> with tempfile.TemporaryDirectory() as run:
+        ...     _ = run_experiment(fs, head="daam", out=run, folds=2, plots=False, train_config=TrainConfig(epochs=1))
+        ...     summary = explain_run(run, features=fs)
+        ...     print(sorted(p.name for p in (Path(run) / "explain").iterdir()))
+        ['if_heatmap.png', 'if_map.csv', 'importance.json', 'layer_share.csv', 'layer_share.png']
+        >>> summary["layer_names"], sorted(summary["layer_ranking"]), round(sum(summary["layer_share"]), 6)
+        (['L0', 'L1', 'L2', 'L3'], [0, 1, 2, 3], 1.0)
     """
     from densattn.analysis.runs import ExplainableRun
 
@@ -295,6 +327,15 @@ def explain_run(
 def real_features(features: Tensor) -> Tensor:
     """``(L, d)`` bool: True where a feature varies over the data set. Constant entries are padding (e.g.
     EfficientNet blocks narrower than 320 channels are zero-padded); their DAAM weight says nothing about the data.
+
+    A layer that is constant everywhere is kept whole (rather than dropped).
+
+    Example:
+        >>> x = torch.randn(5, 2, 3)
+        >>> x[:, 0, 2] = 0.0  # padding of a narrower layer
+        >>> x[:, 1] = 1.0  # a constant layer: kept
+        >>> real_features(x).tolist()
+        [[True, True, False], [True, True, True]]
     """
     constant = features.amax(0) == features.amin(0)  # (L, d)
     if constant.all(1).any():  # a layer constant everywhere: keep it rather than drop it
@@ -336,7 +377,17 @@ def plot_importance(
     feature_mask: Tensor | None = None,
 ) -> None:
     """Heatmap of an IF map (layers x features) with labelled axes and a colour bar; masked-out (padding)
-    features are drawn light grey."""
+    features are drawn light grey.
+
+    Example:
+        >>> import tempfile
+        >>> mask = torch.ones(3, 4, dtype=torch.bool)
+        >>> mask[0, 3] = False
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     plot_importance(torch.rand(3, 4), Path(folder) / "if.png", feature_mask=mask)
+        ...     (Path(folder) / "if.png").read_bytes()[:4]
+        b'\\x89PNG'
+    """
     from densattn.train.plots import plt
 
     data = np.array(if_map, dtype=float)
@@ -353,7 +404,15 @@ def plot_importance(
 
 
 def plot_layer_share(share: Tensor, path: str | Path, *, layer_labels: list[str] | None = None, title: str = ""):
-    """Bar chart of each layer's share of the total DAAM weight, with the uniform share as a dashed line."""
+    """Bar chart of each layer's share of the total DAAM weight, with the uniform share as a dashed line.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     plot_layer_share(torch.tensor([0.3, 0.2, 0.5]), Path(folder) / "share.png", title="demo")
+        ...     (Path(folder) / "share.png").read_bytes()[:4]
+        b'\\x89PNG'
+    """
     from densattn.train.plots import plt
 
     values = np.asarray(share, dtype=float)
