@@ -37,6 +37,22 @@ def adapter_logits(
 
     Raises:
         ValueError: the dataset's classes or modality do not fit the adapter, or its encoder cannot be rebuilt.
+
+    Example:
+        A head's logits are those of its encoder's features (extracted once, then read from the cache):
+
+        >>> import tempfile
+        >>> from densattn.adapters import DensityAdapterModel
+        >>> from densattn.data import load_dataset
+        >>> data = load_dataset("fortunes", max_samples=6)
+        >>> model = DensityAdapterModel("pool", num_layers=7, dim=384, classes=list(data.classes),
+        ...                             encoder={"name": "minilm", "options": {}}).eval()
+        >>> with tempfile.TemporaryDirectory() as cache:
+        ...     logits = adapter_logits(model, data, cache_dir=cache)
+        ...     again = adapter_logits(model, data, cache_dir=cache)  # from the cache
+        >>> features = model.encoder().encode_all([data.load(i) for i in range(len(data))])  # (6, 7, 384)
+        >>> logits.shape, torch.allclose(logits, model(features), atol=1e-5), torch.equal(logits, again)
+        (torch.Size([6, 4]), True, True)
     """
     from densattn.adapters import DensityAdapterModel, FusionAdapter
     from densattn.data.cache import cached_features
@@ -79,7 +95,33 @@ def evaluate_adapter(
     batch_size: int = 16,
     progress: bool | None = None,
 ) -> dict[str, Any]:
-    """Accuracy, macro-F1, per-class F1 and the confusion matrix of ``model`` on ``dataset``."""
+    """Accuracy, macro-F1, per-class F1 and the confusion matrix of ``model`` on ``dataset``.
+
+    Returns:
+        :func:`~densattn.train.metrics.classification_metrics` plus ``num_examples``, ``data`` and ``classes``.
+
+    Raises:
+        ValueError: as :func:`adapter_logits` (classes, modality, encoder).
+
+    Example:
+        >>> import tempfile
+        >>> from densattn.adapters import DensityAdapterModel
+        >>> from densattn.data import load_dataset
+        >>> data = load_dataset("fortunes", max_samples=6)
+        >>> model = DensityAdapterModel("pool", num_layers=7, dim=384, classes=list(data.classes),
+        ...                             encoder={"name": "minilm", "options": {}})
+        >>> with tempfile.TemporaryDirectory() as cache:
+        ...     m = evaluate_adapter(model, data, cache_dir=cache)
+        >>> m["num_examples"], m["classes"] == list(data.classes), sum(map(sum, m["confusion_matrix"]))
+        (6, True, 6)
+        >>> m["accuracy"] == sum(m["confusion_matrix"][i][i] for i in range(4)) / 6
+        True
+        >>> other = DensityAdapterModel("pool", num_layers=7, dim=384, classes=["spam", "ham"])
+        >>> evaluate_adapter(other, data)
+        Traceback (most recent call last):
+        ...
+        ValueError: the data's classes ['computers', 'politics', 'sports', 'work'] differ from the adapter's [...]
+    """
     from densattn.train.metrics import classification_metrics
 
     logits = adapter_logits(model, dataset, cache_dir=cache_dir, batch_size=batch_size, progress=progress)
