@@ -53,7 +53,12 @@ _OPTIONS = {
 
 
 def list_encoders() -> list[str]:
-    """Names of the bundled offline encoders (any HF folder or cached hub id works too)."""
+    """Names of the bundled offline encoders (any HF folder or cached hub id works too).
+
+    Example:
+        >>> list_encoders()
+        ['efficientnet-lite0', 'minilm', 'whisper-tiny']
+    """
     return sorted(_BUNDLED)
 
 
@@ -134,6 +139,16 @@ def load_recorded_encoder(info: dict[str, Any], *, device: str | torch.device = 
     Raises:
         ValueError: no encoder name is recorded, or the encoder rebuilt here differs from the recorded identity
             (other weights, e.g. another package version, or other settings).
+
+    Example:
+        >>> encoder = get_encoder("minilm", max_length=16)
+        >>> info = {"name": "minilm", "options": {"max_length": 16}, **encoder.identity()}
+        >>> load_recorded_encoder(info).identity() == encoder.identity()
+        True
+        >>> load_recorded_encoder({**info, "weights_sha256": "0" * 64})
+        Traceback (most recent call last):
+        ...
+        ValueError: encoder 'minilm' as rebuilt here differs from ... trained on in ['weights_sha256'] (e.g. ...
     """
     name = info.get("name") or info.get("encoder")
     if not name:

@@ -52,6 +52,17 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
     Raises:
         ValueError: if an example has no valid position (checked when ``mask`` is on the CPU: on a GPU the check
             would stall the device every batch, so such a row pools to zeros there), or the shapes disagree.
+
+    Example:
+        >>> hidden = torch.arange(12.0).view(1, 2, 3, 2)  # (B=1, L=2, T=3, D=2)
+        >>> masked_mean(hidden, torch.tensor([[True, False, True]])).tolist()  # mean of frames 0 and 2
+        [[[2.0, 3.0], [8.0, 9.0]]]
+        >>> masked_mean(hidden, None).tolist()  # every frame
+        [[[2.0, 3.0], [8.0, 9.0]]]
+        >>> masked_mean(hidden, torch.zeros(1, 3, dtype=torch.bool))
+        Traceback (most recent call last):
+        ...
+        ValueError: an example has no valid token/frame to pool; pass non-empty inputs
     """
     hidden = hidden.float()
     if mask is None:
@@ -71,13 +82,25 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
 
 def zero_pad_last(vectors: Sequence[torch.Tensor], dim: int) -> torch.Tensor:
     """Stack per-layer ``(B, d_l)`` vectors into ``(B, L, dim)``, zero-padding each to ``dim`` (a fixed,
-    parameter-free map that keeps every value: layer l's features are the first ``d_l`` entries)."""
+    parameter-free map that keeps every value: layer l's features are the first ``d_l`` entries).
+
+    Example:
+        >>> stacked = zero_pad_last([torch.ones(2, 3), torch.full((2, 5), 2.0)], 5)  # CNN stages of width 3 and 5
+        >>> stacked.shape, stacked[0].tolist()
+        (torch.Size([2, 2, 5]), [[1.0, 1.0, 1.0, 0.0, 0.0], [2.0, 2.0, 2.0, 2.0, 2.0]])
+    """
     padded = [torch.nn.functional.pad(v.float(), (0, dim - v.shape[-1])) for v in vectors]
     return torch.stack(padded, dim=1)  # (B, L, dim)
 
 
 def freeze(module: torch.nn.Module) -> torch.nn.Module:
-    """Put ``module`` in eval mode with ``requires_grad=False`` on every parameter; returns it."""
+    """Put ``module`` in eval mode with ``requires_grad=False`` on every parameter; returns it.
+
+    Example:
+        >>> net = freeze(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5)))
+        >>> net.training, [p.requires_grad for p in net.parameters()]
+        (False, [False, False])
+    """
     module.eval()
     for parameter in module.parameters():
         parameter.requires_grad_(False)
@@ -86,7 +109,18 @@ def freeze(module: torch.nn.Module) -> torch.nn.Module:
 
 def state_dict_sha256(module: torch.nn.Module) -> str:
     """sha256 over the sorted state dict (names, dtypes, shapes and raw bytes): changes whenever any weight or
-    buffer changes, whatever file it came from."""
+    buffer changes, whatever file it came from.
+
+    Example:
+        >>> a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+        >>> _ = b.load_state_dict(a.state_dict())
+        >>> state_dict_sha256(a) == state_dict_sha256(b), len(state_dict_sha256(a))
+        (True, 64)
+        >>> with torch.no_grad():
+        ...     _ = b.bias[0].add_(1e-6)  # any change, however small
+        >>> state_dict_sha256(a) == state_dict_sha256(b)
+        False
+    """
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         tensor = tensor.detach().cpu().contiguous()
@@ -108,6 +142,31 @@ class EncoderAdapter(torch.nn.Module):
         modality: ``"text"``, ``"image"`` or ``"audio"``.
         num_layers: number of pooled layers L returned.
         dim: feature size d.
+
+    Example:
+        A toy text encoder: two "layers" of character statistics, pooled per text.
+
+        >>> class CharStats(EncoderAdapter):
+        ...     name, modality, num_layers, dim = "char-stats", "text", 2, 3
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.scale = torch.nn.Linear(1, 1)  # a (frozen) weight, so raw_model() has parameters
+        ...     def raw_model(self):
+        ...         return self.scale
+        ...     def _encode(self, batch):
+        ...         counts = torch.tensor([[len(t), t.count(" "), sum(c.isupper() for c in t)] for t in batch])
+        ...         return torch.stack([counts, counts / max(len(t) for t in batch)], dim=1)  # (B, 2, 3)
+        >>> encoder = freeze(CharStats())
+        >>> encoder.encode(["Hi there", "ok"])[:, 0].tolist()
+        [[8.0, 1.0, 1.0], [2.0, 0.0, 0.0]]
+        >>> encoder.encode_all(["a", "b", "c"], batch_size=2).shape, encoder.train().training
+        (torch.Size([3, 2, 3]), False)
+        >>> sorted(encoder.identity())
+        ['dim', 'encoder', 'num_layers', 'pooling', 'weights_sha256']
+        >>> encoder.encode("Hi there")
+        Traceback (most recent call last):
+        ...
+        ValueError: batch must be a non-empty list of examples; wrap a single example as [example]
     """
 
     name: str

@@ -75,7 +75,18 @@ def hub_snapshot(repo_id: str) -> Path | None:
 
 def detect_modality(path: str) -> Modality:
     """``"image"`` / ``"audio"`` / ``"text"`` from the checkpoint's ``preprocessor_config.json`` (none:
-    text)."""
+    text).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     kinds = [detect_modality(folder)]  # no preprocessor config: text
+        ...     for config in ({"image_mean": [0.5, 0.5, 0.5]}, {"sampling_rate": 16000, "feature_size": 80}):
+        ...         _ = (Path(folder) / "preprocessor_config.json").write_text(json.dumps(config))
+        ...         kinds.append(detect_modality(folder))
+        >>> kinds
+        ['text', 'image', 'audio']
+    """
     config = _preprocessor_config(path)
     if config is None:
         return "text"
@@ -98,6 +109,28 @@ class HFEncoder(EncoderAdapter):
         max_length: text truncation length (default ``min(tokenizer.model_max_length, 512)``).
         device: where the model runs.
         dtype: optional weight dtype (e.g. ``torch.float16`` on a GPU); features are returned as float32.
+
+    Shapes:
+        ``encode(batch of B items) -> (B, num_hidden_states, hidden_size)`` float32; for BERT-like text models
+        ``num_hidden_states = num_hidden_layers + 1`` (the embeddings and every layer).
+
+    Example:
+        Any folder written by ``save_pretrained`` works; here a tiny random 2-layer BERT with MiniLM's tokenizer:
+
+        >>> import shutil, tempfile
+        >>> from transformers import BertConfig, BertModel
+        >>> from densattn.encoders.minilm import minilm_path
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> config = BertConfig(hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=16)
+        >>> BertModel(config).save_pretrained(folder.name)
+        >>> for file in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        ...     _ = shutil.copy(Path(minilm_path()) / file, folder.name)
+        >>> encoder = HFEncoder(folder.name, name="tiny-bert", max_length=16)
+        >>> encoder.modality, encoder.num_layers, encoder.dim, encoder.settings()["max_length"]
+        ('text', 3, 8, 16)
+        >>> encoder.encode(["a short text", "a longer text, padded less"]).shape
+        torch.Size([2, 3, 8])
+        >>> folder.cleanup()
     """
 
     def __init__(

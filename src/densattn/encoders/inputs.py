@@ -23,6 +23,18 @@ def to_rgb_uint8(item: Any) -> np.ndarray:
 
     Accepts a path (alpha composited onto white), a PIL image, or a uint8 array ``(H, W)``, ``(H, W, 1)``,
     ``(H, W, 3)`` or ``(H, W, 4)`` (grey is repeated to RGB).
+
+    Example:
+        >>> rgba = np.zeros((1, 2, 4), dtype=np.uint8)
+        >>> rgba[0, 0] = [255, 0, 0, 255]  # opaque red; pixel 1 is fully transparent
+        >>> to_rgb_uint8(rgba).tolist()  # transparent -> white
+        [[[255, 0, 0], [255, 255, 255]]]
+        >>> to_rgb_uint8(Image.new("L", (3, 2), 7)).shape
+        (2, 3, 3)
+        >>> to_rgb_uint8(np.zeros((2, 2), dtype=np.float32))
+        Traceback (most recent call last):
+        ...
+        ValueError: image array has dtype float32; pass uint8 0..255 (e.g. (x * 255).astype(np.uint8))
     """
     if isinstance(item, (str, Path)):
         with Image.open(item) as image:
@@ -51,7 +63,18 @@ def to_rgb_uint8(item: Any) -> np.ndarray:
 
 def center_crop_resize(image: np.ndarray, size: int, *, crop_fraction: float = 1.0) -> np.ndarray:
     """Resize the shorter side to ``round(size / crop_fraction)`` (bicubic) and take the central ``size x
-    size`` square (``crop_fraction=0.875``: the usual ImageNet evaluation crop, 256 -> 224)."""
+    size`` square (``crop_fraction=0.875``: the usual ImageNet evaluation crop, 256 -> 224).
+
+    Shapes:
+        ``(H, W, 3)`` uint8 -> ``(size, size, 3)`` uint8.
+
+    Example:
+        >>> image = np.zeros((40, 80, 3), dtype=np.uint8)
+        >>> image[:, 36:44] = 255  # a white band of 8 columns in the middle
+        >>> out = center_crop_resize(image, 16, crop_fraction=0.5)  # (40, 80) -> (32, 64), then the central 16x16
+        >>> out.shape, out[8, :, 0].tolist()  # the band, now 8 * 64 / 80 = 6.4 columns wide
+        ((16, 16, 3), [0, 0, 0, 0, 47, 255, 255, 255, 255, 255, 255, 47, 0, 0, 0, 0])
+    """
     if not 0.0 < crop_fraction <= 1.0:
         raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
     height, width = image.shape[:2]
@@ -63,7 +86,16 @@ def center_crop_resize(image: np.ndarray, size: int, *, crop_fraction: float = 1
 
 
 def to_waveform(item: Any, sample_rate: int) -> np.ndarray:
-    """A waveform as float32 mono ``(T,)``; a path is read with soundfile and resampled to ``sample_rate``."""
+    """A waveform as float32 mono ``(T,)``; a path is read with soundfile and resampled to ``sample_rate``.
+
+    Example:
+        >>> to_waveform(np.zeros((1, 5), dtype=np.float64), 16000).dtype, to_waveform([0.5, -0.5], 16000).shape
+        (dtype('float32'), (2,))
+        >>> to_waveform(np.zeros((2, 5)), 16000)
+        Traceback (most recent call last):
+        ...
+        ValueError: waveform has shape (2, 5); pass a mono (T,) array at 16000 Hz
+    """
     if isinstance(item, (str, Path)):
         import librosa
         import soundfile
