@@ -57,6 +57,14 @@ def test_truncated_file_raises(tmp_path):
         read_ctranslate2_model(tmp_path / "model.bin")
 
 
+def test_file_cut_inside_a_name_is_reported_as_truncated(tmp_path):
+    _write(tmp_path / "model.bin", b"", 0, [("alias", "target")])
+    data = (tmp_path / "model.bin").read_bytes()
+    (tmp_path / "model.bin").write_bytes(data[:-3])  # inside the alias's target name
+    with pytest.raises(ValueError, match=r"truncated CTranslate2 file: a name needs 7 bytes"):
+        read_ctranslate2_model(tmp_path / "model.bin")
+
+
 def test_missing_file_raises(tmp_path):
     with pytest.raises(ValueError, match="no CTranslate2"):
         read_ctranslate2_model(tmp_path / "nothing.bin")

@@ -52,6 +52,12 @@ class CTranslate2Model:
         revision: specification revision.
         variables: name -> tensor (dtype as stored; aliases resolved to the same tensor object).
         aliases: alias name -> target variable name.
+
+    Example:
+        >>> weight = torch.ones(2, 3, dtype=torch.float16)
+        >>> model = CTranslate2Model(6, "WhisperSpec", 3, variables={"w": weight}, aliases={})
+        >>> model.spec_name, model.variables["w"].dtype, model.variables["w"].shape
+        ('WhisperSpec', torch.float16, torch.Size([2, 3]))
     """
 
     version: int
@@ -76,6 +82,8 @@ class _Cursor:
 
     def string(self) -> str:
         (length,) = self.unpack("<H")
+        if self.pos + length > len(self.data):
+            raise ValueError(f"truncated CTranslate2 file: a name needs {length} bytes at offset {self.pos}")
         raw = self.data[self.pos : self.pos + length]
         self.pos += length
         return raw.rstrip(b"\x00").decode("utf-8")
@@ -100,6 +108,28 @@ def read_ctranslate2_model(path: str | Path) -> CTranslate2Model:
     Raises:
         ValueError: if the file is missing, truncated, has an unknown version or dtype code, or has
             trailing bytes.
+
+    Example:
+        A version-6 file with one float32 ``(2, 2)`` variable and one alias, written by hand:
+
+        >>> import struct, tempfile
+        >>> text = lambda s: struct.pack("<H", len(s) + 1) + s.encode() + b"\\x00"
+        >>> data = (struct.pack("<I", 6) + text("DemoSpec") + struct.pack("<I", 1)  # version, spec, revision
+        ...         + struct.pack("<I", 1) + text("dense/weight") + struct.pack("<B2IBI", 2, 2, 2, 0, 16)
+        ...         + struct.pack("<4f", 1, 2, 3, 4)  # rank 2, shape (2, 2), dtype 0 = float32, 16 bytes
+        ...         + struct.pack("<I", 1) + text("tied/weight") + text("dense/weight"))  # one alias
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     _ = (Path(folder) / "model.bin").write_bytes(data)
+        ...     model = read_ctranslate2_model(folder)
+        ...     _ = (Path(folder) / "model.bin").write_bytes(data[:-3])
+        ...     read_ctranslate2_model(folder)
+        Traceback (most recent call last):
+        ...
+        ValueError: truncated CTranslate2 file: a name needs 13 bytes at offset ...
+        >>> model.version, model.spec_name, model.variables["dense/weight"].tolist(), model.aliases
+        (6, 'DemoSpec', [[1.0, 2.0], [3.0, 4.0]], {'tied/weight': 'dense/weight'})
+        >>> model.variables["tied/weight"] is model.variables["dense/weight"]
+        True
     """
     path = Path(path)
     if path.is_dir():

