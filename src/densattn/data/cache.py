@@ -57,14 +57,38 @@ __all__ = [
 
 
 def default_cache_dir() -> Path:
-    """``$DENSATTN_CACHE/features`` or ``~/.cache/densattn/features``."""
+    """``$DENSATTN_CACHE/features`` or ``~/.cache/densattn/features``.
+
+    Example:
+        >>> from unittest import mock
+        >>> with mock.patch.dict(os.environ, {"DENSATTN_CACHE": "/data/densattn"}):
+        ...     default_cache_dir().as_posix()
+        '/data/densattn/features'
+        >>> with mock.patch.dict(os.environ, {"DENSATTN_CACHE": ""}):
+        ...     default_cache_dir() == Path.home() / ".cache" / "densattn" / "features"
+        True
+    """
     root = os.environ.get("DENSATTN_CACHE") or Path.home() / ".cache" / "densattn"
     return Path(root) / "features"
 
 
 @dataclass
 class FeatureSet:
-    """Pooled features of a whole dataset: ``features (N, L, d)`` float32 with labels and metadata."""
+    """Pooled features of a whole dataset: ``features (N, L, d)`` float32 with labels and metadata.
+
+    Attributes:
+        features: ``(N, L, d)`` pooled per-layer features.
+        labels: ``(N,)`` int64 class indices into ``classes``.
+        classes: class names.
+        ids: one id per example (what aligns feature sets of several encoders).
+        groups: optional group per example (for leave-one-group-out folds).
+        manifest: the cache manifest (encoder identity, dataset fingerprint, ...); empty when built in memory.
+
+    Example:
+        >>> fs = FeatureSet(torch.randn(5, 7, 384), torch.tensor([0, 1, 0, 1, 1]), ["neg", "pos"], list("abcde"))
+        >>> len(fs), fs.num_layers, fs.dim, fs.groups
+        (5, 7, 384, None)
+    """
 
     features: torch.Tensor
     labels: torch.Tensor
@@ -213,6 +237,18 @@ def align_feature_sets(feature_sets: Sequence[FeatureSet]) -> list[FeatureSet]:
 
     Raises:
         ValueError: fewer than two sets, different example ids, or different labels / classes for the same id.
+
+    Example:
+        >>> y = torch.tensor([0, 1, 1])
+        >>> text = FeatureSet(torch.arange(3.0).view(3, 1, 1), y, ["a", "b"], ["x", "y", "z"])
+        >>> audio = FeatureSet(torch.tensor([[[20.0]], [[10.0]], [[0.0]]]), y.flip(0), ["a", "b"], ["z", "y", "x"])
+        >>> _, aligned = align_feature_sets([text, audio])
+        >>> aligned.ids, aligned.features.flatten().tolist()  # audio reordered to text's order
+        (['x', 'y', 'z'], [0.0, 10.0, 20.0])
+        >>> align_feature_sets([text, FeatureSet(text.features, y, ["a", "b"], ["x", "y", "w"])])
+        Traceback (most recent call last):
+        ...
+        ValueError: feature_sets[1] holds different examples than feature_sets[0] (3 vs 3; e.g. missing ['z'], ...
     """
     if len(feature_sets) < 2:
         raise ValueError(f"feature_sets: fusion needs at least two feature sets; got {len(feature_sets)}")

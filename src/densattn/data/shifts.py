@@ -159,7 +159,26 @@ SHIFTS: dict[tuple[str, str], ShiftSpec] = {
 
 @dataclass(frozen=True)
 class Shift:
-    """One shift at one level, e.g. ``Shift("audio", "noise", 10.0)``; :meth:`apply` is seeded per example."""
+    """One shift at one level, e.g. ``Shift("audio", "noise", 10.0)``; :meth:`apply` is seeded per example.
+
+    Example:
+        >>> gain = Shift("audio", "gain", -20.0)  # y = x * 10^(-20/20)
+        >>> gain.label, gain.spec.unit, gain.apply(np.array([0.5, -1.0], dtype=np.float32)).tolist()
+        ('gain=-20', 'dB', [0.05000000074505806, -0.10000000149011612])
+        >>> blur = Shift("image", "blur", 1.0)
+        >>> image = np.zeros((5, 5, 3), dtype=np.uint8)
+        >>> image[2, 2] = 255
+        >>> out = blur.apply(image)
+        >>> out.dtype, int(out[2, 2, 0]) < 255, int(out[2, 1, 0]) > 0  # the bright pixel spreads
+        (dtype('uint8'), True, True)
+        >>> typos = Shift("text", "typos", 0.3)
+        >>> typos.apply("density adaptive attention", key="a") == typos.apply("density adaptive attention", key="a")
+        True
+        >>> Shift("text", "blur", 1.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown text shift 'blur'; choose one of ['casing', 'dropout', 'typos']
+    """
 
     modality: str
     name: str
@@ -195,6 +214,14 @@ def parse_shifts(specs: Sequence[str], modality: str) -> list[Shift]:
 
     Raises:
         ValueError: unknown shift for the modality, or a level that is not a number.
+
+    Example:
+        >>> [s.label for s in parse_shifts(["noise=20,10", "gain"], "audio")]
+        ['noise=20', 'noise=10', 'gain=-20', 'gain=-10', 'gain=10']
+        >>> parse_shifts(["noise=loud"], "audio")
+        Traceback (most recent call last):
+        ...
+        ValueError: --shift 'noise=loud': levels must be numbers, e.g. noise=10 or noise=20,10
     """
     shifts = []
     for spec in specs:
@@ -220,7 +247,20 @@ def parse_shifts(specs: Sequence[str], modality: str) -> list[Shift]:
 
 @dataclass
 class ShiftedDataset(LabeledDataset):
-    """A :class:`LabeledDataset` whose :meth:`load` applies ``shift``; its fingerprint includes the shift."""
+    """A :class:`LabeledDataset` whose :meth:`load` applies ``shift``; its fingerprint includes the shift.
+
+    So cached features of a shifted dataset never collide with the clean ones (or with another level or seed).
+
+    Example:
+        >>> base = dict(name="toy", modality="text", classes=["a", "b"], items=["one two three", "four"], labels=[0, 1])
+        >>> clean = ShiftedDataset(**base)
+        >>> upper = ShiftedDataset(**base, shift=Shift("text", "casing", 1.0))
+        >>> clean.load(0), upper.load(0)
+        ('one two three', 'ONE TWO THREE')
+        >>> reseeded = ShiftedDataset(**base, shift=Shift("text", "casing", 1.0), shift_seed=1)
+        >>> len({clean.fingerprint(), upper.fingerprint(), reseeded.fingerprint()})  # three cache keys
+        3
+    """
 
     shift: Shift | None = None
     shift_seed: int = 0
@@ -241,7 +281,24 @@ class ShiftedDataset(LabeledDataset):
 
 
 def shifted_dataset(dataset: LabeledDataset, shift: Shift, *, seed: int = 0) -> ShiftedDataset:
-    """``dataset`` with ``shift`` applied at load time (seeded per example id)."""
+    """``dataset`` with ``shift`` applied at load time (seeded per example id).
+
+    Raises:
+        ValueError: the shift is for another modality than the dataset.
+
+    Example:
+        >>> data = LabeledDataset("toy", "text", ["a", "b"], ["the cat sat down", "a dog ran off"], [0, 1])
+        >>> shifted = shifted_dataset(data, parse_shifts(["dropout=0.5"], "text")[0], seed=3)
+        >>> shifted.name, len(shifted), shifted.labels
+        ('toy|dropout=0.5', 2, [0, 1])
+        >>> kept = shifted.load(0).split()
+        >>> 1 <= len(kept) <= 4 and all(w in "the cat sat down".split() for w in kept), kept == shifted.load(0).split()
+        (True, True)
+        >>> shifted_dataset(data, Shift("audio", "gain", 10.0))
+        Traceback (most recent call last):
+        ...
+        ValueError: shift gain=10 is for audio but dataset 'toy' is text
+    """
     if shift.modality != dataset.modality:
         raise ValueError(
             f"shift {shift.label} is for {shift.modality} but dataset {dataset.name!r} is {dataset.modality}"
