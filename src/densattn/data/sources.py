@@ -112,7 +112,13 @@ def list_sources() -> list[str]:
 
 
 def describe_sources() -> dict[str, str]:
-    """``{spec: one-line description}`` for every source (for ``--help`` texts and docs)."""
+    """``{spec: one-line description}`` for every source (for ``--help`` texts and docs).
+
+    Example:
+        >>> sources = describe_sources()
+        >>> list(sources) == list_sources(), sources["fortunes"].split(":")[0]
+        (True, 'text')
+    """
     out = {name: text for name, (_, text) in sorted(SOURCES.items())}
     out.update({f"{prefix}:PATH": text for prefix, (_, text) in PATH_SOURCES.items()})
     return out
