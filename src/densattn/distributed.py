@@ -52,7 +52,19 @@ TIMEOUT = timedelta(hours=2)
 
 
 class RankFailedError(ValueError):
-    """Another rank failed; every rank raises this (with that rank's message) instead of waiting forever."""
+    """Another rank failed; every rank raises this (with that rank's message) instead of waiting forever.
+
+    Example:
+        Rank 0 of two, with rank 1's failure report standing in for a real process group:
+
+        >>> class TwoRanks(Distributed):
+        ...     def all_gather(self, obj):
+        ...         return [obj, (False, "disk full", "OSError: disk full")]  # what rank 1 sends
+        >>> TwoRanks(rank=0, world_size=2).run_all(lambda: "my shards are done")
+        Traceback (most recent call last):
+        ...
+        densattn.distributed.RankFailedError: rank 1 failed: OSError: disk full
+    """
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,19 @@ class Distributed:
 
     With ``world_size == 1`` every method is a local no-op, so code written against this class runs unchanged in
     one process.
+
+    Example:
+        Work sharing needs no process group: rank ``r`` of ``n`` takes every ``n``-th item from ``r``.
+
+        >>> [Distributed(rank=r, world_size=3).share(list("abcdefg")) for r in range(3)]
+        [['a', 'd', 'g'], ['b', 'e'], ['c', 'f']]
+        >>> single = Distributed()
+        >>> single.enabled, single.broadcast("x"), single.all_gather(7), single.batch_share(torch.arange(3))
+        (False, 'x', [7], (tensor([0, 1, 2]), 1.0))
+        >>> Distributed(rank=2, world_size=2)
+        Traceback (most recent call last):
+        ...
+        ValueError: rank must be in 0..world_size-1, got rank=2, world_size=2
     """
 
     rank: int = 0
@@ -249,7 +274,14 @@ def _describe(error: BaseException) -> tuple[bool, str, str]:
 
 def current() -> Distributed:
     """This process's :class:`Distributed`: from the initialised ``torch.distributed`` process group, or from the
-    environment ``torchrun`` sets (the group is then initialised here, once), or one process."""
+    environment ``torchrun`` sets (the group is then initialised here, once), or one process.
+
+    Example:
+        >>> from unittest import mock
+        >>> with mock.patch.dict(os.environ, {"WORLD_SIZE": "4"}):  # no MASTER_ADDR: not started by torchrun
+        ...     current()
+        Distributed(rank=0, world_size=1, local_rank=0)
+    """
     import torch.distributed as dist
 
     if not dist.is_available():
