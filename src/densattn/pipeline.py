@@ -19,7 +19,24 @@ __all__ = ["encoder_record", "load_task", "run_dataset", "task_features"]
 
 
 def encoder_record(encoder, name: str | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``{"name", "options", ...identity, "frozen_params"}``: what a run records about its frozen encoder."""
+    """``{"name", "options", ...identity, "frozen_params"}``: what a run records about its frozen encoder.
+
+    Example:
+        >>> import torch
+        >>> from densattn.encoders.base import EncoderAdapter
+        >>> class Toy(EncoderAdapter):
+        ...     name, modality, num_layers, dim = "toy", "text", 2, 3
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.net = torch.nn.Linear(3, 3)
+        ...     def raw_model(self):
+        ...         return self.net
+        >>> record = encoder_record(Toy(), options={"max_length": 16})
+        >>> record["name"], record["options"], record["frozen_params"], (record["num_layers"], record["dim"])
+        ('toy', {'max_length': 16}, 12, (2, 3))
+        >>> sorted(record)
+        ['dim', 'encoder', 'frozen_params', 'name', 'num_layers', 'options', 'pooling', 'weights_sha256']
+    """
     return {
         "name": str(name or encoder.name),
         "options": dict(options or {}),
@@ -43,6 +60,15 @@ def load_task(
     Raises:
         ValueError: a bad spec or option (the message names it), ``max_samples < 2``, fewer than 2 classes, or an
             encoder of another modality than the data.
+
+    Example:
+        >>> dataset, encoder, info = load_task("fortunes", "minilm", max_samples=8, encoder_options={"max_length": 32})
+        >>> dataset.modality, len(dataset), encoder.max_length, info["options"]
+        ('text', 8, 32, {'max_length': 32})
+        >>> load_task("fortunes", "minilm", max_samples=1)
+        Traceback (most recent call last):
+        ...
+        ValueError: --max-samples must be at least 2, got 1
     """
     from densattn.data import load_dataset
     from densattn.encoders import get_encoder
@@ -75,7 +101,20 @@ def task_features(
     **task_options: Any,
 ):
     """``(features, encoder_record, dataset)``: :func:`load_task` (``task_options`` are its keyword options), then the
-    features through the cache."""
+    features through the cache.
+
+    Shapes:
+        ``features.features``: ``(N, L, d)``, e.g. ``(N, 7, 384)`` for MiniLM.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as cache:
+        ...     features, info, dataset = task_features("fortunes", "minilm", cache_dir=cache, max_samples=6)
+        >>> features.features.shape, features.classes == dataset.classes, features.manifest["dataset"]
+        (torch.Size([6, 7, 384]), True, 'fortunes')
+        >>> features.manifest["dataset_fingerprint"] == dataset.fingerprint(), info["name"]
+        (True, 'minilm')
+    """
     from densattn.data.cache import cached_features
 
     dataset, model, info = load_task(data, encoder, **task_options)
@@ -90,6 +129,18 @@ def run_dataset(config: dict[str, Any]):
     Raises:
         ValueError: the config records no data spec, or the rebuilt dataset differs (files changed, or options the
             config does not record).
+
+    Example:
+        >>> from densattn.data import load_dataset
+        >>> config = {"data": "fortunes", "max_samples": 8, "train": {"seed": 3}}
+        >>> original = load_dataset("fortunes", max_samples=8, seed=3)
+        >>> config["feature_cache"] = {"dataset_fingerprint": original.fingerprint()}
+        >>> run_dataset(config).ids == original.ids
+        True
+        >>> run_dataset({**config, "max_samples": 9})  # not the data the run saw
+        Traceback (most recent call last):
+        ...
+        ValueError: the data 'fortunes' rebuilt now differs from the data the run was trained on (fingerprint ...
     """
     from densattn.data import load_dataset
 
