@@ -47,6 +47,17 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: ``run_dir`` is not a run directory.
+
+    Example:
+        >>> import json, tempfile
+        >>> with tempfile.TemporaryDirectory() as run:
+        ...     _ = (Path(run) / "config.json").write_text(json.dumps({"method": "daam", "folds": 5}))
+        ...     read_run_config(run)
+        {'method': 'daam', 'folds': 5}
+        >>> read_run_config("/nonexistent/run")
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: /nonexistent/run has no config.json; is it a run directory written by `densattn train`?
     """
     from densattn.io import read_json
 
@@ -61,6 +72,19 @@ def adapter_dir(run_dir: str | Path, fold: int = 0) -> Path:
 
     Raises:
         FileNotFoundError: the fold has no saved adapter (unfinished, or no such fold).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     run = Path(folder)
+        ...     (run / "folds" / "1" / "adapter").mkdir(parents=True)
+        ...     _ = (run / "adapter_config.json").write_text("{}")  # fold 0's adapter at the top level
+        ...     adapter_dir(run, 1).relative_to(run).as_posix(), adapter_dir(run, 0) == run
+        ('folds/1/adapter', True)
+        >>> adapter_dir("/nonexistent/run", 2)
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: /nonexistent/run/folds/2/adapter does not exist: fold 2 of /nonexistent/run is unfinished ...
     """
     run_dir = Path(run_dir)
     path = run_dir / "folds" / str(fold) / "adapter"
@@ -73,7 +97,25 @@ def adapter_dir(run_dir: str | Path, fold: int = 0) -> Path:
 
 def features_for_run(run_dir: str | Path, cache_dir: str | Path | None = None) -> FeatureSet:
     """Rebuild a head run's :class:`FeatureSet` from its ``config.json`` (data, max_samples, seed, encoder) through
-    the feature cache, checking that the dataset is the one the run was trained on (same fingerprint)."""
+    the feature cache, checking that the dataset is the one the run was trained on (same fingerprint).
+
+    Raises:
+        ValueError: the config records no encoder or data spec, or the data changed since the run.
+
+    Example:
+        A run trained on 6 fortunes with MiniLM needs only its ``config.json`` to rebuild its features:
+
+        >>> import json, tempfile
+        >>> from densattn.pipeline import load_task
+        >>> dataset, _, info = load_task("fortunes", "minilm", max_samples=6, seed=2)
+        >>> config = {"data": "fortunes", "max_samples": 6, "train": {"seed": 2}, "encoder": info,
+        ...           "feature_cache": {"dataset_fingerprint": dataset.fingerprint()}}
+        >>> with tempfile.TemporaryDirectory() as run, tempfile.TemporaryDirectory() as cache:
+        ...     _ = (Path(run) / "config.json").write_text(json.dumps(config))
+        ...     features = features_for_run(run, cache_dir=cache)
+        >>> features.features.shape, features.ids == dataset.ids
+        (torch.Size([6, 7, 384]), True)
+    """
     from densattn.data.cache import cached_features
     from densattn.encoders import load_recorded_encoder
     from densattn.pipeline import run_dataset
@@ -99,7 +141,22 @@ def _fusion_feature_sets(config: dict[str, Any], cache_dir: str | Path | None) -
 
 def run_split_indices(config: dict[str, Any], labels: Tensor, *, split: str, fold: int = 0, groups=None) -> np.ndarray:
     """Indices of fold ``fold``'s ``"train"``, ``"val"`` or ``"test"`` split, exactly as the run drew them
-    (:func:`densattn.train.runner.make_folds` on the run's config)."""
+    (:func:`densattn.train.runner.make_folds` on the run's config).
+
+    Raises:
+        ValueError: an unknown ``split`` or a fold the run does not have.
+
+    Example:
+        >>> from densattn.train import TrainConfig
+        >>> config, labels = {"folds": 3, "train": TrainConfig(seed=1).to_dict()}, torch.arange(30) % 3
+        >>> parts = {s: run_split_indices(config, labels, split=s, fold=2) for s in ("train", "val", "test")}
+        >>> {s: len(v) for s, v in parts.items()}, set(parts["train"]).isdisjoint(parts["test"])
+        ({'train': 17, 'val': 3, 'test': 10}, True)
+        >>> run_split_indices(config, labels, split="test", fold=3)
+        Traceback (most recent call last):
+        ...
+        ValueError: fold 3 does not exist; the run has 3 folds (0..2)
+    """
     from densattn.train import TrainConfig, make_folds
 
     if split not in ("train", "val", "test"):
