@@ -50,7 +50,25 @@ def _identity(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_runs(runs: list[str], names: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    """``{method: {"run", "config", "metrics"}}``; ValueError when runs are missing, clash or differ in data."""
+    """``{method: {"run", "config", "metrics"}}``; ValueError when runs are missing, clash or differ in data.
+
+    Example:
+        >>> import json, tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> folder = Path(tmp.name)
+        >>> for name, seed in (("daam", 0), ("mha", 0), ("late", 1)):
+        ...     (folder / name).mkdir()
+        ...     config = {"method": name, "data": "fortunes", "folds": 5, "train": {"seed": seed}}
+        ...     _ = (folder / name / "config.json").write_text(json.dumps(config))
+        ...     _ = (folder / name / "metrics.json").write_text("{}")
+        >>> list(load_runs([folder / "daam", folder / "mha"]))
+        ['daam', 'mha']
+        >>> load_runs([folder / "daam", folder / "late"])
+        Traceback (most recent call last):
+        ...
+        ValueError: ...seed: daam=0 but late=1...
+        >>> tmp.cleanup()
+    """
     if names is not None and len(names) != len(runs):
         raise ValueError(f"--name was given {len(names)} times for {len(runs)} runs; give one name per run, in order")
     out: dict[str, dict[str, Any]] = {}
@@ -94,6 +112,15 @@ def _fmt_p(p: float) -> str:
 
 
 def summary_rows(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per run of :func:`load_runs`' result: accuracy and macro-F1 (mean, std), parameters, speed, folds.
+
+    Example:
+        >>> metrics = {"accuracy_mean": 0.8, "accuracy_std": 0.02, "macro_f1_mean": 0.7, "macro_f1_std": 0.03,
+        ...            "trainable_params": 1234, "folds": [{}, {}, {}]}
+        >>> row = summary_rows({"daam": {"metrics": metrics}})[0]
+        >>> row["method"], row["accuracy_mean"], row["trainable_params"], row["seconds_per_epoch"], row["num_folds"]
+        ('daam', 0.8, 1234, None, 3)
+    """
     rows = []
     for name, r in runs.items():
         m = r["metrics"]
@@ -113,7 +140,16 @@ def summary_rows(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def to_markdown(summary: list[dict[str, Any]], paired: list[dict[str, Any]], header: str = "") -> str:
-    """The results table and the paired table (significant differences in bold with a star)."""
+    """The results table and the paired table (significant differences in bold with a star).
+
+    Example:
+        >>> row = {"method": "daam", "accuracy_mean": 0.8, "accuracy_std": 0.02, "macro_f1_mean": 0.7,
+        ...        "macro_f1_std": 0.03, "trainable_params": 12345, "seconds_per_epoch": None}
+        >>> print(to_markdown([row], []), end="")
+        | method | accuracy | macro-F1 | trainable params | s / epoch |
+        |---|---|---|---|---|
+        | daam | 0.8000 ± 0.0200 | 0.7000 ± 0.0300 | 12,345 | – |
+    """
     lines = [header] if header else []
     lines += [
         "| method | accuracy | macro-F1 | trainable params | s / epoch |",
@@ -207,7 +243,29 @@ def plot_accuracy_vs_params(summary: list[dict[str, Any]], path: Path, title: st
 def compare(
     runs: list[str], out: str | Path, *, names: list[str] | None = None, reference: str | None = None, **kw
 ) -> dict[str, Any]:
-    """Library entry of the command: returns ``{"summary", "paired", "markdown"}`` and writes the files."""
+    """Library entry of the command: returns ``{"summary", "paired", "markdown"}`` and writes the files.
+
+    ``kw`` goes to :func:`~densattn.analysis.stats.compare_runs` (``metrics``, ``correction``, ``confidence``).
+
+    Example:
+        Two heads on the same synthetic features and folds, compared fold by fold (``pool`` as the reference):
+
+        >>> import tempfile, torch
+        >>> from densattn.data.cache import FeatureSet
+        >>> from densattn.train import TrainConfig, run_experiment
+        >>> fs = FeatureSet(torch.randn(30, 3, 4), torch.arange(30) % 2, ["a", "b"], [str(i) for i in range(30)])
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> folder = Path(tmp.name)
+        >>> for head in ("pool", "conv"):
+        ...     _ = run_experiment(fs, head=head, out=folder / head, folds=3, plots=False,
+        ...                        train_config=TrainConfig(epochs=1))
+        >>> result = compare([folder / "pool", folder / "conv"], folder / "compare", reference="pool")
+        >>> [r["method"] for r in result["summary"]], sorted({(r["method"], r["n"]) for r in result["paired"]})
+        (['pool', 'conv'], [('conv', 3)])
+        >>> sorted(p.name for p in (folder / "compare").iterdir())
+        ['accuracy_vs_params.png', 'paired.csv', 'results.csv', 'results.json', 'results.md']
+        >>> tmp.cleanup()
+    """
     from densattn.analysis.stats import compare_runs
 
     loaded = load_runs(runs, names)
