@@ -75,6 +75,26 @@ def daam_parameter_report(head: nn.Module, initial: nn.Module | dict[str, Tensor
         "mean_abs_offset_shift", "max_abs_spread_shift", "mean_abs_spread_shift"}}``; each value entry is
         ``{mean, std, min, q05, q25, q50, q75, q95, max}`` (``spread_shift`` None when its init is unknown).
         JSON-serialisable. ``modules`` is empty when ``head`` has no DAAM module.
+
+    Example:
+        Move every spread by +0.1 and every offset by -0.2, as training might:
+
+        >>> import copy
+        >>> from densattn.heads import DensityHead
+        >>> head = DensityHead(4, 8, 2, num_heads=2)
+        >>> initial = copy.deepcopy(head.state_dict())
+        >>> with torch.no_grad():
+        ...     _ = head.attention.spread.add_(0.1), head.attention.mean_offset.sub_(0.2)
+        >>> report = daam_parameter_report(head, initial)
+        >>> module = report["modules"][0]
+        >>> module["module"], module["preset"], len(module["heads"]), round(module["heads"][1]["spread"]["mean"], 4)
+        ('attention', 'paper', 2, 2.1)
+        >>> for key, value in report["summary"].items():
+        ...     print(key, round(value, 4))
+        max_abs_offset_shift 0.2
+        mean_abs_offset_shift 0.2
+        max_abs_spread_shift 0.1
+        mean_abs_spread_shift 0.1
     """
     initial_state = initial.state_dict() if isinstance(initial, nn.Module) else initial
     modules = []
@@ -148,7 +168,16 @@ def _box(stats: dict[str, float], label: str) -> dict[str, Any]:
 
 
 def plot_daam_parameters(report: dict[str, Any], path: str | Path, title: str = "") -> None:
-    """Box plots (5–95% whiskers, min/max as points) of ``|offset − init|`` and ``spread − init`` per head."""
+    """Box plots (5–95% whiskers, min/max as points) of ``|offset − init|`` and ``spread − init`` per head.
+
+    Example:
+        >>> import tempfile
+        >>> from densattn.heads import DensityHead
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     plot_daam_parameters(daam_parameter_report(DensityHead(4, 8, 2)), Path(folder) / "daam.png")
+        ...     (Path(folder) / "daam.png").read_bytes()[:4]
+        b'\\x89PNG'
+    """
     import matplotlib
 
     matplotlib.use("Agg")
