@@ -147,6 +147,28 @@ def feature_occlusion(
     ``O[l]`` (removing a whole layer), not the sum of single-feature drops.
 
     Costs ``L * d`` passes over ``x``; occluded copies are evaluated together, ``max_elements`` floats at a time.
+
+    Shapes:
+        ``x (N, L, d)``, ``y (N,)``, ``baseline (L, d)`` -> ``feature_map (L, d)``, ``layer_scores (L,)``.
+
+    Example:
+        A linear model that reads only feature 0 of layer 1: only that entry has an occlusion effect, and it is the
+        literal ``LL(x) - LL(x with that feature set to the baseline)``:
+
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(6, 2, bias=False)).eval()
+        >>> with torch.no_grad():
+        ...     _ = model[1].weight.zero_()
+        ...     model[1].weight[1, 3] = 2.0  # logit of class 1 = 2 x[:, 1, 0]
+        >>> x = torch.randn(8, 2, 3, generator=torch.Generator().manual_seed(0))
+        >>> y, baseline = (x[:, 1, 0] > 0).long(), torch.zeros(2, 3)
+        >>> result = feature_occlusion(model, x, y, baseline)
+        >>> (result.feature_map != 0).nonzero().tolist(), result.unit
+        ([[1, 0]], 'nats')
+        >>> occluded = x.clone()
+        >>> occluded[:, 1, 0] = 0.0
+        >>> drop = log_likelihood(model, x, y).mean() - log_likelihood(model, occluded, y).mean()
+        >>> torch.allclose(result.feature_map[1, 0], drop), result.ranking()
+        (True, [1, 0])
     """
     _check(x, y, baseline)
     n, num_layers, dim = x.shape

@@ -66,6 +66,22 @@ def resolve_methods(method: str | Sequence[str], run: ExplainableRun) -> list[st
 
     Raises:
         ValueError: an unknown method, or ``if`` for a run whose head has no density weights.
+
+    Example:
+        >>> import tempfile
+        >>> from densattn.data.cache import FeatureSet
+        >>> from densattn.train import TrainConfig, run_experiment
+        >>> fs = FeatureSet(torch.randn(30, 3, 4), torch.arange(30) % 2, ["a", "b"], [str(i) for i in range(30)])
+        >>> out = tempfile.TemporaryDirectory()
+        >>> _ = run_experiment(fs, head="pool", out=out.name, folds=2, plots=False, train_config=TrainConfig(epochs=1))
+        >>> run = ExplainableRun(out.name, features=fs)
+        >>> resolve_methods("all", run), resolve_methods(["ig", "occlusion", "ig"], run)
+        (['occlusion', 'gradient', 'ig'], ['ig', 'occlusion'])
+        >>> resolve_methods("if", run)
+        Traceback (most recent call last):
+        ...
+        ValueError: head 'pool' has no density (DAAM) weights, so it has no Importance Factor; train with ...
+        >>> out.cleanup()
     """
     from densattn.analysis.importance import density_module
 
@@ -104,7 +120,25 @@ def attribute(
     feature_level: bool = False,
     ig_steps: int = 32,
 ) -> Attribution:
-    """``method``'s :class:`Attribution` of fold ``fold``'s adapter on that fold's ``split``."""
+    """``method``'s :class:`Attribution` of fold ``fold``'s adapter on that fold's ``split``.
+
+    ``feature_level`` adds the per-(layer, feature) map to occlusion (``L * d`` passes); ``ig_steps`` is the number
+    of integration steps of integrated gradients.
+
+    Example:
+        >>> import tempfile
+        >>> from densattn.data.cache import FeatureSet
+        >>> from densattn.train import TrainConfig, run_experiment
+        >>> fs = FeatureSet(torch.randn(30, 3, 4), torch.arange(30) % 2, ["a", "b"], [str(i) for i in range(30)])
+        >>> with tempfile.TemporaryDirectory() as out:
+        ...     _ = run_experiment(fs, head="daam", out=out, folds=2, plots=False, train_config=TrainConfig(epochs=1))
+        ...     run = ExplainableRun(out, features=fs)
+        ...     found = {m: attribute(run, m, fold=1) for m in ("if", "occlusion", "gradient")}
+        >>> {m: (a.layer_scores.shape[0], sorted(a.ranking())) for m, a in found.items()}
+        {'if': (3, [0, 1, 2]), 'occlusion': (3, [0, 1, 2]), 'gradient': (3, [0, 1, 2])}
+        >>> found["if"].unit, round(float(found["if"].layer_scores.sum()), 6), found["gradient"].feature_map.shape
+        ('share of DAAM weight', 1.0, torch.Size([3, 4]))
+    """
     x, y = run.data(split, fold)
     if method == "if":
         from densattn.analysis.importance import importance_of
@@ -270,7 +304,15 @@ def fold_agreement(scores: Sequence[Tensor]) -> float | None:
 
 
 def retrain_columns(ablation: dict[str, Any] | None) -> dict[str, dict[str, str]] | None:
-    """``{method: {"top": "acc ± std", "bottom": ...}}`` from an ablation result, for the faithfulness table."""
+    """``{method: {"top": "acc ± std", "bottom": ...}}`` from an ablation result, for the faithfulness table.
+
+    Example:
+        >>> cell = {"accuracy_mean": 0.8, "accuracy_std": 0.05, "delta_vs_all_mean": -0.02}
+        >>> retrain_columns({"methods": {"if": {"top": cell, "bottom": {**cell, "delta_vs_all_mean": -0.3}}}})
+        {'if': {'top': '0.800 ± 0.050 (-0.020)', 'bottom': '0.800 ± 0.050 (-0.300)'}}
+        >>> retrain_columns(None) is None
+        True
+    """
     if not ablation:
         return None
     cell = lambda r: f"{r['accuracy_mean']:.3f} ± {r['accuracy_std']:.3f} ({r['delta_vs_all_mean']:+.3f})"  # noqa: E731
@@ -335,7 +377,15 @@ def plot_attribution_map(
     feature_mask: Tensor | None = None,
 ) -> None:
     """Heatmap of a signed ``(L, d)`` attribution map on a symmetric diverging scale (red helps the true class,
-    blue hurts it); padded features light grey."""
+    blue hurts it); padded features light grey.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     plot_attribution_map(torch.randn(3, 5), Path(folder) / "map.png", title="gradient x input")
+        ...     (Path(folder) / "map.png").read_bytes()[:4]
+        b'\\x89PNG'
+    """
     from densattn.train.plots import plt
 
     data = np.array(feature_map, dtype=float)
