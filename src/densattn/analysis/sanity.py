@@ -137,7 +137,19 @@ def sanity_check(
 
 
 def sanity_table(result: dict[str, Any]) -> str:
-    """Markdown: per head the validation accuracy and the rank each method gives the informative layer."""
+    """Markdown: per head the validation accuracy and the rank each method gives the informative layer.
+
+    Example:
+        >>> head = {"val_accuracy": 0.95, "rank": {"occlusion": 1, "if": 3}, "area": {"occlusion": 0.41, "if": 0.7},
+        ...         "random_area": 0.6}
+        >>> result = {"informative_layer": 2, "num_layers": 4, "heads": {"daam": head},
+        ...           "recovered": {"occlusion": ["daam"], "if": []}}
+        >>> for line in sanity_table(result).splitlines()[2:]:
+        ...     print(line)
+        | head | val accuracy | occlusion | if | random area |
+        |---|---|---|---|---|
+        | daam | 0.950 | 1 ✓ (0.410) | 3 (0.700) | 0.600 |
+    """
     methods = list(result["recovered"])
     lines = [
         f"Synthetic check: layer L{result['informative_layer']} of {result['num_layers']} carries the label. Rank "
