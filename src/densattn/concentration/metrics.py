@@ -53,9 +53,9 @@ def load_text_encoder(path: str | None = None, *, attn_implementation: str = "sd
         ``(model, tokenizer)``; every parameter has ``requires_grad=False``.
 
     Example:
-        >>> model, tokenizer = load_text_encoder()  # doctest: +SKIP
-        >>> model.config.num_hidden_layers  # doctest: +SKIP
-        6
+        >>> model, tokenizer = load_text_encoder()
+        >>> model.config.num_hidden_layers, model.training, any(p.requires_grad for p in model.parameters())
+        (6, False, False)
     """
     from transformers import AutoModel, AutoTokenizer
 
@@ -275,6 +275,19 @@ def encode_with_hard_prompt(
     Returns:
         ``input_ids`` (B, N) int64, ``attention_mask`` (B, N) bool (True = token), ``prompt_mask`` (N,) bool
         (True at positions 1..m, the prompt's m tokens).
+
+    Raises:
+        ValueError: the prompt has no tokens.
+
+    Example:
+        >>> from transformers import AutoTokenizer
+        >>> from densattn.encoders.minilm import minilm_path
+        >>> tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+        >>> ids, mask, prompt = encode_with_hard_prompt(tokenizer, "Topic:", ["a cat", "the longer dog text"])
+        >>> tokenizer.convert_ids_to_tokens(ids[0].tolist())
+        ['[CLS]', 'topic', ':', 'a', 'cat', '[SEP]', '[PAD]', '[PAD]']
+        >>> mask.sum(1).tolist(), prompt.nonzero().flatten().tolist()
+        ([6, 8], [1, 2])
     """
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     if not prompt_ids:
@@ -307,6 +320,23 @@ def hard_prompt_strengths(
 
     Returns:
         ``strengths`` (B,) and ``features`` (B, d), the last hidden state at ``[CLS]`` (for a probe).
+
+    Example:
+        On a tiny random BERT the recorded strengths equal the mass read off eager ``output_attentions``:
+
+        >>> from transformers import AutoTokenizer, BertConfig, BertModel
+        >>> from densattn.encoders.minilm import minilm_path
+        >>> tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+        >>> config = BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+        ...                     attn_implementation="eager")
+        >>> model = BertModel(config).eval()
+        >>> texts = ["a cat", "the longer dog text"]
+        >>> strengths, features = hard_prompt_strengths(model, tokenizer, "Topic:", texts)
+        >>> ids, mask, prompt = encode_with_hard_prompt(tokenizer, "Topic:", texts)
+        >>> maps = model(input_ids=ids, attention_mask=mask.long(), output_attentions=True).attentions
+        >>> eager = concentration_strength(maps, 0, prompt)  # mean over layers and heads of A[l, h, 0, prompt]
+        >>> torch.allclose(strengths, eager, atol=1e-6), features.shape
+        (True, torch.Size([2, 16]))
     """
     strengths, features = [], []
     for start in range(0, len(texts), batch_size):
@@ -336,8 +366,10 @@ def rank_hard_prompts(
         one dict per prompt (``prompt``, ``score``, ``strength``, ``fluctuation``), best score first.
 
     Example:
-        >>> model, tokenizer = load_text_encoder()  # doctest: +SKIP
-        >>> table = rank_hard_prompts(model, tokenizer, ["Topic:", "xq"], ["A quote."])  # doctest: +SKIP
+        >>> model, tokenizer = load_text_encoder()
+        >>> table = rank_hard_prompts(model, tokenizer, ["Topic:", "xq"], ["A quote.", "Another one."])
+        >>> sorted(table[0]), table[0]["score"] >= table[1]["score"], {row["prompt"] for row in table}
+        (['fluctuation', 'prompt', 'score', 'strength'], True, {'Topic:', 'xq'})
     """
     table = []
     for prompt in prompts:

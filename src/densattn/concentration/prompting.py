@@ -5,8 +5,7 @@ NeurIPS 2024, https://arxiv.org/abs/2406.10584) observes that prompts which gene
 those the decoding position attends to strongly (high concentration strength) and steadily across inputs (low
 fluctuation), and trains soft prompts with a loss that pushes both. Here, on a frozen BERT-style encoder:
 
-- learned prompt vectors ``P`` (m, d) are inserted right after ``[CLS]``: ``[CLS] P x [SEP]``; the classifier
-is a
+- learned prompt vectors ``P`` (m, d) are inserted right after ``[CLS]``: ``[CLS] P x [SEP]``; the classifier is a
   linear layer on the last hidden state at ``[CLS]`` (the query / "decoding" position of an encoder);
 - the loss, for per-example cross-entropies ``l_i`` and strengths ``s_i`` (see :mod:`densattn.concentration.metrics`):
 
@@ -43,11 +42,9 @@ class SoftPromptClassifier(nn.Module):
         encoder: a frozen BERT-style HF model (``inputs_embeds`` input, ``last_hidden_state`` output).
         num_classes: number of labels C.
         prompt_length: number m of prompt vectors (0 gives a plain linear probe on ``[CLS]``).
-        concentration_layers: self-attention layers whose ``[CLS]`` row defines the strength (default: the
-        deeper
+        concentration_layers: self-attention layers whose ``[CLS]`` row defines the strength (default: the deeper
             half, e.g. layers 3, 4, 5 of MiniLM-L6).
-        generator: seeds the prompt initialisation (embeddings of random vocabulary tokens) and the
-        classifier.
+        generator: seeds the prompt initialisation (embeddings of random vocabulary tokens) and the classifier.
 
     Shapes: ``token_embeddings`` (B, n, d) word embeddings of ``[CLS] x [SEP] pad`` (see
     :meth:`embed_tokens`), ``attention_mask`` (B, n) bool/int (True = keep); logits (B, C); strengths (B,).
@@ -202,7 +199,37 @@ def train_soft_prompt(
 ) -> list[float]:
     """Train the prompt and classifier with AdamW on random mini-batches; returns the loss per step.
 
-    Plain prompt tuning when the three concentration weights are 0 (the strength is then not computed).
+    Plain prompt tuning when the three concentration weights are 0 (the strength is then not computed). The loss
+    is :func:`concentration_reweighting_loss`; only the prompt (at ``prompt_learning_rate``) and the classifier
+    (at ``learning_rate``) are trained, the encoder never changes.
+
+    Shapes:
+        ``token_embeddings`` (N, n, d), ``attention_mask`` (N, n), ``labels`` (N,); returns ``steps`` floats.
+
+    Example:
+        A tiny random BERT on synthetic token sequences; the strength term pulls ``[CLS]``'s attention to the
+        prompt:
+
+        >>> from transformers import BertConfig, BertModel
+        >>> generator = torch.Generator().manual_seed(0)
+        >>> config = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        ...                     intermediate_size=32)
+        >>> with torch.random.fork_rng():
+        ...     _ = torch.manual_seed(0)
+        ...     model = SoftPromptClassifier(BertModel(config), num_classes=2, prompt_length=2, generator=generator)
+        >>> ids = torch.randint(3, 40, (32, 6), generator=generator)
+        >>> ids[:, 0], ids[:, -1] = 1, 2  # [CLS] ... [SEP]
+        >>> labels = ((ids[:, 1:-1] < 20).sum(1) > 2).long()
+        >>> embeddings, mask = model.embed_tokens(ids), torch.ones(32, 6)
+        >>> frozen = [p.clone() for p in model.encoder.parameters()]
+        >>> before = evaluate_soft_prompt(model, embeddings, mask, labels)
+        >>> losses = train_soft_prompt(model, embeddings, mask, labels, steps=30, batch_size=16, learning_rate=3e-2,
+        ...                            strength_weight=1.0, generator=generator)
+        >>> after = evaluate_soft_prompt(model, embeddings, mask, labels)
+        >>> len(losses), after["strength"] > before["strength"]
+        (30, True)
+        >>> all(torch.equal(a, b) for a, b in zip(frozen, model.encoder.parameters()))
+        True
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size: must be >= 1, got {steps} and {batch_size}")
@@ -245,7 +272,25 @@ def evaluate_soft_prompt(
     *,
     batch_size: int = 64,
 ) -> dict[str, float]:
-    """Accuracy, mean concentration strength and fluctuation (variance of strength) over a dataset."""
+    """Accuracy, mean concentration strength and fluctuation (variance of strength) over a dataset.
+
+    A model without a prompt (``prompt_length=0``, a linear probe on ``[CLS]``) reports the accuracy only.
+
+    Example:
+        >>> from transformers import BertConfig, BertModel
+        >>> config = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        ...                     intermediate_size=32)
+        >>> encoder = BertModel(config)
+        >>> ids, labels = torch.tensor([[1, 7, 8, 2], [1, 9, 2, 0]]), torch.tensor([0, 1])
+        >>> mask = ids != 0
+        >>> prompted = SoftPromptClassifier(encoder, num_classes=2, prompt_length=3)
+        >>> result = evaluate_soft_prompt(prompted, prompted.embed_tokens(ids), mask, labels)
+        >>> sorted(result), 0 <= result["strength"] <= 1, result["accuracy"] in (0.0, 0.5, 1.0)
+        (['accuracy', 'fluctuation', 'strength'], True, True)
+        >>> probe = SoftPromptClassifier(encoder, num_classes=2, prompt_length=0)
+        >>> sorted(evaluate_soft_prompt(probe, probe.embed_tokens(ids), mask, labels))
+        ['accuracy']
+    """
     model.eval()
     correct, strengths = 0, []
     for start in range(0, labels.shape[0], batch_size):
