@@ -368,8 +368,8 @@ def rank_hard_prompts(
     Example:
         >>> model, tokenizer = load_text_encoder()
         >>> table = rank_hard_prompts(model, tokenizer, ["Topic:", "xq"], ["A quote.", "Another one."])
-        >>> sorted(table[0]), table[0]["score"] >= table[1]["score"], {row["prompt"] for row in table}
-        (['fluctuation', 'prompt', 'score', 'strength'], True, {'Topic:', 'xq'})
+        >>> sorted(table[0]), table[0]["score"] >= table[1]["score"], sorted(row["prompt"] for row in table)
+        (['fluctuation', 'prompt', 'score', 'strength'], True, ['Topic:', 'xq'])
     """
     table = []
     for prompt in prompts:
