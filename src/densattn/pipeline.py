@@ -62,10 +62,11 @@ def load_task(
             encoder of another modality than the data.
 
     Example:
-        >>> dataset, encoder, info = load_task("fortunes", "minilm", max_samples=8, encoder_options={"max_length": 32})
+        >>> options = {"max_length": 32}
+        >>> dataset, encoder, info = load_task("debates-party", "minilm", max_samples=8, encoder_options=options)
         >>> dataset.modality, len(dataset), encoder.max_length, info["options"]
         ('text', 8, 32, {'max_length': 32})
-        >>> load_task("fortunes", "minilm", max_samples=1)
+        >>> load_task("debates-party", "minilm", max_samples=1)
         Traceback (most recent call last):
         ...
         ValueError: --max-samples must be at least 2, got 1
@@ -109,9 +110,9 @@ def task_features(
     Example:
         >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as cache:
-        ...     features, info, dataset = task_features("fortunes", "minilm", cache_dir=cache, max_samples=6)
+        ...     features, info, dataset = task_features("debates-party", "minilm", cache_dir=cache, max_samples=6)
         >>> features.features.shape, features.classes == dataset.classes, features.manifest["dataset"]
-        (torch.Size([6, 7, 384]), True, 'fortunes')
+        (torch.Size([6, 7, 384]), True, 'debates-party')
         >>> features.manifest["dataset_fingerprint"] == dataset.fingerprint(), info["name"]
         (True, 'minilm')
     """
@@ -132,15 +133,15 @@ def run_dataset(config: dict[str, Any]):
 
     Example:
         >>> from densattn.data import load_dataset
-        >>> config = {"data": "fortunes", "max_samples": 8, "train": {"seed": 3}}
-        >>> original = load_dataset("fortunes", max_samples=8, seed=3)
+        >>> config = {"data": "debates-party", "max_samples": 8, "train": {"seed": 3}}
+        >>> original = load_dataset("debates-party", max_samples=8, seed=3)
         >>> config["feature_cache"] = {"dataset_fingerprint": original.fingerprint()}
         >>> run_dataset(config).ids == original.ids
         True
         >>> run_dataset({**config, "max_samples": 9})  # not the data the run saw
         Traceback (most recent call last):
         ...
-        ValueError: the data 'fortunes' rebuilt now differs from the data the run was trained on (fingerprint ...
+        ValueError: the data 'debates-party' rebuilt now differs from the data the run was trained on (fingerprint ...
     """
     from densattn.data import load_dataset
 

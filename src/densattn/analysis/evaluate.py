@@ -44,7 +44,7 @@ def adapter_logits(
         >>> import tempfile
         >>> from densattn.adapters import DensityAdapterModel
         >>> from densattn.data import load_dataset
-        >>> data = load_dataset("fortunes", max_samples=6)
+        >>> data = load_dataset("debates-party", max_samples=6)
         >>> model = DensityAdapterModel("pool", num_layers=7, dim=384, classes=list(data.classes),
         ...                             encoder={"name": "minilm", "options": {}}).eval()
         >>> with tempfile.TemporaryDirectory() as cache:
@@ -52,7 +52,7 @@ def adapter_logits(
         ...     again = adapter_logits(model, data, cache_dir=cache)  # from the cache
         >>> features = model.encoder().encode_all([data.load(i) for i in range(len(data))])  # (6, 7, 384)
         >>> logits.shape, torch.allclose(logits, model(features), atol=1e-5), torch.equal(logits, again)
-        (torch.Size([6, 4]), True, True)
+        (torch.Size([6, 3]), True, True)
     """
     from densattn.adapters import DensityAdapterModel, FusionAdapter
     from densattn.data.cache import cached_features
@@ -107,20 +107,20 @@ def evaluate_adapter(
         >>> import tempfile
         >>> from densattn.adapters import DensityAdapterModel
         >>> from densattn.data import load_dataset
-        >>> data = load_dataset("fortunes", max_samples=6)
+        >>> data = load_dataset("debates-party", max_samples=6)
         >>> model = DensityAdapterModel("pool", num_layers=7, dim=384, classes=list(data.classes),
         ...                             encoder={"name": "minilm", "options": {}})
         >>> with tempfile.TemporaryDirectory() as cache:
         ...     m = evaluate_adapter(model, data, cache_dir=cache)
         >>> m["num_examples"], m["classes"] == list(data.classes), sum(map(sum, m["confusion_matrix"]))
         (6, True, 6)
-        >>> m["accuracy"] == sum(m["confusion_matrix"][i][i] for i in range(4)) / 6
+        >>> m["accuracy"] == sum(m["confusion_matrix"][i][i] for i in range(3)) / 6
         True
         >>> other = DensityAdapterModel("pool", num_layers=7, dim=384, classes=["spam", "ham"])
         >>> evaluate_adapter(other, data)
         Traceback (most recent call last):
         ...
-        ValueError: the data's classes ['computers', 'politics', 'sports', 'work'] differ from the adapter's [...]
+        ValueError: the data's classes ['democratic', 'moderator', 'republican'] differ from the adapter's [...]
     """
     from densattn.train.metrics import classification_metrics
 

@@ -103,12 +103,12 @@ def features_for_run(run_dir: str | Path, cache_dir: str | Path | None = None) -
         ValueError: the config records no encoder or data spec, or the data changed since the run.
 
     Example:
-        A run trained on 6 fortunes with MiniLM needs only its ``config.json`` to rebuild its features:
+        A run trained on 6 debate statements with MiniLM needs only its ``config.json`` to rebuild its features:
 
         >>> import json, tempfile
         >>> from densattn.pipeline import load_task
-        >>> dataset, _, info = load_task("fortunes", "minilm", max_samples=6, seed=2)
-        >>> config = {"data": "fortunes", "max_samples": 6, "train": {"seed": 2}, "encoder": info,
+        >>> dataset, _, info = load_task("debates-party", "minilm", max_samples=6, seed=2)
+        >>> config = {"data": "debates-party", "max_samples": 6, "train": {"seed": 2}, "encoder": info,
         ...           "feature_cache": {"dataset_fingerprint": dataset.fingerprint()}}
         >>> with tempfile.TemporaryDirectory() as run, tempfile.TemporaryDirectory() as cache:
         ...     _ = (Path(run) / "config.json").write_text(json.dumps(config))
