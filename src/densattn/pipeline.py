@@ -5,7 +5,7 @@ decoded) and the encoder and checks that they fit each other; :func:`task_featur
 features; :func:`encoder_record` is the encoder identity every run records (what rebuilds the encoder later).
 
 Example:
-    >>> dataset, encoder, info = load_task("fortunes", "minilm", max_samples=20)
+    >>> dataset, encoder, info = load_task("debates-party", "minilm", max_samples=20)
     >>> len(dataset), info["name"], info["frozen_params"]
     (20, 'minilm', 22713216)
 """

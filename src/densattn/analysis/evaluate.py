@@ -6,10 +6,11 @@ and extracted through the feature cache; a tuned encoder runs end to end on the 
 Example:
     >>> import tempfile, torch
     >>> from densattn.adapters import DensityAdapterModel
-    >>> model = DensityAdapterModel("linear", num_layers=7, dim=384, classes=["computers", "politics", "sports",
-    ...     "work"], head_options={"layer": "last"}, encoder={"name": "minilm", "options": {}})
+    >>> model = DensityAdapterModel("linear", num_layers=7, dim=384, classes=["democratic", "moderator", "republican"],
+    ...                             head_options={"layer": "last"}, encoder={"name": "minilm", "options": {}})
     >>> from densattn.data import load_dataset
-    >>> metrics = evaluate_adapter(model, load_dataset("fortunes", max_samples=8), cache_dir=tempfile.mkdtemp())
+    >>> with tempfile.TemporaryDirectory() as cache:
+    ...     metrics = evaluate_adapter(model, load_dataset("debates-party", max_samples=8), cache_dir=cache)
     >>> metrics["num_examples"]
     8
 """
