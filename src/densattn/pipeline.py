@@ -110,7 +110,8 @@ def task_features(
     Example:
         >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as cache:
-        ...     features, info, dataset = task_features("debates-party", "minilm", cache_dir=cache, max_samples=6)
+        ...     features, info, dataset = task_features("debates-party", "minilm", cache_dir=cache, max_samples=6,
+        ...                                             encoder_options={"max_length": 32})
         >>> features.features.shape, features.classes == dataset.classes, features.manifest["dataset"]
         (torch.Size([6, 7, 384]), True, 'debates-party')
         >>> features.manifest["dataset_fingerprint"] == dataset.fingerprint(), info["name"]

@@ -47,7 +47,7 @@ def adapter_logits(
         >>> from densattn.data import load_dataset
         >>> data = load_dataset("debates-party", max_samples=6)
         >>> model = DensityAdapterModel("pool", num_layers=7, dim=384, classes=list(data.classes),
-        ...                             encoder={"name": "minilm", "options": {}}).eval()
+        ...                             encoder={"name": "minilm", "options": {"max_length": 32}}).eval()
         >>> with tempfile.TemporaryDirectory() as cache:
         ...     logits = adapter_logits(model, data, cache_dir=cache)
         ...     again = adapter_logits(model, data, cache_dir=cache)  # from the cache
@@ -110,7 +110,7 @@ def evaluate_adapter(
         >>> from densattn.data import load_dataset
         >>> data = load_dataset("debates-party", max_samples=6)
         >>> model = DensityAdapterModel("pool", num_layers=7, dim=384, classes=list(data.classes),
-        ...                             encoder={"name": "minilm", "options": {}})
+        ...                             encoder={"name": "minilm", "options": {"max_length": 32}})
         >>> with tempfile.TemporaryDirectory() as cache:
         ...     m = evaluate_adapter(model, data, cache_dir=cache)
         >>> m["num_examples"], m["classes"] == list(data.classes), sum(map(sum, m["confusion_matrix"]))

@@ -75,7 +75,7 @@ def evaluate_robustness(
         "macro_f1_mean", "drop_mean", "drop_std"}}}, "folds": [...], "paired": {condition: rows}, ...}``.
 
     Example:
-        A ``pool`` head trained on 16 debate statements (MiniLM features), scored on fold 0's test split with every word
+        A ``pool`` head trained on 12 debate statements (MiniLM features), scored on fold 0's test split with every word
         upper-cased; the clean score is checked against the one recorded at training time:
 
         >>> import tempfile
@@ -83,12 +83,13 @@ def evaluate_robustness(
         >>> from densattn.train import TrainConfig, run_experiment
         >>> tmp = tempfile.TemporaryDirectory()
         >>> cache, run = Path(tmp.name) / "cache", Path(tmp.name) / "run"
-        >>> features, _, _ = task_features("debates-party", "minilm", cache_dir=cache, max_samples=16)
+        >>> features, info, _ = task_features("debates-party", "minilm", cache_dir=cache, max_samples=12,
+        ...                                   encoder_options={"max_length": 32})  # texts cut to 32 tokens
         >>> _ = run_experiment(features, head="pool", out=run, folds=2, plots=False, train_config=TrainConfig(epochs=1),
-        ...                    extra_config={"data": "debates-party", "max_samples": 16})
+        ...                    encoder_info=info, extra_config={"data": "debates-party", "max_samples": 12})
         >>> result = evaluate_robustness([run], ["casing=1.0"], folds=[0], cache_dir=cache)
         >>> result["conditions"], result["num_test_examples"], result["max_clean_mismatch_vs_training"]
-        (['clean', 'casing=1'], 8, 0.0)
+        (['clean', 'casing=1'], 6, 0.0)
         >>> sorted(result["methods"]["pool"]["casing=1"])
         ['accuracy', 'accuracy_mean', 'accuracy_std', 'drop_mean', 'drop_std', 'macro_f1', 'macro_f1_mean']
         >>> tmp.cleanup()

@@ -107,7 +107,8 @@ def features_for_run(run_dir: str | Path, cache_dir: str | Path | None = None) -
 
         >>> import json, tempfile
         >>> from densattn.pipeline import load_task
-        >>> dataset, _, info = load_task("debates-party", "minilm", max_samples=6, seed=2)
+        >>> options = {"max_length": 32}
+        >>> dataset, _, info = load_task("debates-party", "minilm", max_samples=6, seed=2, encoder_options=options)
         >>> config = {"data": "debates-party", "max_samples": 6, "train": {"seed": 2}, "encoder": info,
         ...           "feature_cache": {"dataset_fingerprint": dataset.fingerprint()}}
         >>> with tempfile.TemporaryDirectory() as run, tempfile.TemporaryDirectory() as cache:

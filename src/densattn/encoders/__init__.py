@@ -141,11 +141,10 @@ def load_recorded_encoder(info: dict[str, Any], *, device: str | torch.device = 
             (other weights, e.g. another package version, or other settings).
 
     Example:
-        >>> encoder = get_encoder("minilm", max_length=16)
-        >>> info = {"name": "minilm", "options": {"max_length": 16}, **encoder.identity()}
-        >>> load_recorded_encoder(info).identity() == encoder.identity()
-        True
-        >>> load_recorded_encoder({**info, "weights_sha256": "0" * 64})
+        >>> encoder = load_recorded_encoder({"name": "minilm", "options": {"max_length": 16}})  # nothing to check
+        >>> encoder.name, encoder.max_length
+        ('minilm', 16)
+        >>> load_recorded_encoder({"name": "minilm", "weights_sha256": "0" * 64})  # not the weights installed here
         Traceback (most recent call last):
         ...
         ValueError: encoder 'minilm' as rebuilt here differs from ... trained on in ['weights_sha256'] (e.g. ...
