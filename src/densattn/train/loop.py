@@ -161,7 +161,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
     Example:
         >>> import tempfile, pathlib
-        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> folder = pathlib.Path(tmp.name)
         >>> torch.save({"epoch": 2, "model": {"w": torch.zeros(2)}}, folder / "state.pt")
         >>> load_checkpoint(folder / "state.pt")["epoch"]
         2
@@ -170,6 +171,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         Traceback (most recent call last):
         ...
         ValueError: .../cut.pt is not a torch checkpoint archive (empty, truncated or overwritten); delete it and ...
+        >>> tmp.cleanup()
     """
     path = Path(path)
     fix = "delete it and rerun with --resume: this fold then restarts from its first epoch"
@@ -249,17 +251,17 @@ def train_model(
     Example:
         A linearly separable toy problem; resuming from the checkpoint of a 2-epoch run gives the 4-epoch run:
 
-        >>> import tempfile, pathlib
+        >>> import copy, tempfile, pathlib
         >>> x = torch.randn(48, 4, generator=torch.Generator().manual_seed(0))
         >>> y = (x[:, 0] + x[:, 1] > 0).long()
         >>> cfg = TrainConfig(epochs=4, lr=0.3, batch_size=8)
-        >>> _ = torch.manual_seed(0)
-        >>> full = nn.Linear(4, 2)
+        >>> with torch.random.fork_rng():  # a fixed initialisation, without touching the global RNG
+        ...     _ = torch.manual_seed(0)
+        ...     full = nn.Linear(4, 2)
+        >>> part = copy.deepcopy(full)  # the same initialisation, trained in two calls below
         >>> result = train_model(full, x[:32], y[:32], x[32:], y[32:], cfg)
         >>> len(result.history), result.best_epoch, result.best_score  # val accuracy of 16 examples
         (4, 2, 0.875)
-        >>> _ = torch.manual_seed(0)
-        >>> part = nn.Linear(4, 2)
         >>> with tempfile.TemporaryDirectory() as folder:
         ...     state = pathlib.Path(folder) / "state.pt"
         ...     _ = train_model(part, x[:32], y[:32], x[32:], y[32:], cfg.replace(epochs=2), checkpoint=state)
