@@ -317,7 +317,8 @@ def density_attention(
         else:  # the package's density / max(sum, eps)
             top = logits.detach().amax(-1, keepdim=True)  # exp(L - max(lse, F)), evaluated relative to the top
             p = torch.exp(logits - top)
-            weights = p / torch.maximum(p.sum(-1, keepdim=True), torch.exp(floor.unsqueeze(-1) - top))
+            shift = torch.maximum(p.sum(-1, keepdim=True).log(), floor.unsqueeze(-1) - top)  # log space: no overflow
+            weights = p * torch.exp(-shift)
         if keep is not None:
             weights = torch.nan_to_num(weights, nan=0.0)  # a fully masked chunk has no weights
     else:
@@ -397,7 +398,7 @@ def _fast_path(
             params = [t.t() for t in params]
     params = [t.reshape(shape) for t in params]
     prec, center, resid = params[:3]
-    xu = x.to(cdt).unflatten(nd, (num_heads, c))  # (..., H, c, ...)
+    xu = x.unflatten(nd, (num_heads, c))  # (..., H, c, ...); the kernels take x in its own dtype
     divisor = c - 1 if package_compat and c > 1 else c
     y, a = density_product(
         xu,

@@ -2,12 +2,21 @@
 
 * :mod:`densattn.kernels.product` — plain PyTorch ops in a custom autograd function with a hand-written backward;
   the reference every faster kernel is tested against, and the path under ``torch.compile``.
+* :mod:`densattn.kernels.cpu` — a C++ kernel (``daam_cpu.cpp``) compiled on first use, for CPU tensors in
+  float32, float64 or bfloat16; the PyTorch kernel when no compiler is present or ``DENSATTN_KERNEL=torch``.
+* :mod:`densattn.kernels.cuda` — the PyTorch kernel's forward and backward compiled by ``torch.compile``
+  (Triton) for CUDA tensors; the eager PyTorch kernel when compiling is impossible.
+
+All three keep only ``x`` (and the parameters) for the backward and give exact double backward.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
+from densattn.kernels import cpu, cuda
+from densattn.kernels.functions import CpuDensityProduct, cpu_layout_ok
 from densattn.kernels.product import DensityProduct
 
 __all__ = ["density_product"]
@@ -29,5 +38,15 @@ def density_product(
 
     ``prec``, ``center``, ``resid`` (and ``floor``, the log-normaliser floor of ``package_compat``, or None)
     broadcast against ``x`` with size 1 along ``dim``; ``divisor`` is ``c`` (population variance) or ``c - 1``.
+    Returns ``y`` in ``x``'s dtype and ``a`` in float32 (float64 for float64 input).
     """
-    return DensityProduct.apply(x, prec, center, resid, floor, dim, softmax, eps, divisor)
+    args = (prec, center, resid, floor, dim, softmax, eps, divisor)
+    if not torch.compiler.is_compiling():
+        if x.device.type == "cpu" and x.dtype in cpu.SUFFIX and cpu_layout_ok(x, [prec, center, resid, floor], dim):
+            if cpu.load() is not None:
+                return CpuDensityProduct.apply(x, *args)
+        if x.is_cuda and cuda.available():
+            return cuda.density_product(x, *args)
+    cdt = torch.promote_types(x.dtype, torch.float32)
+    y, a = DensityProduct.apply(x.to(cdt), *args)
+    return y.to(x.dtype), a

@@ -69,8 +69,8 @@ def _normalise(logits: Tensor, dim: int, softmax: bool, floor: Tensor | None):
     total = p.sum(dim, keepdim=True)
     if floor is None:
         return p / total, None
-    limit = (floor - top).exp()  # exp(F) in units of exp(top)
-    return p / torch.maximum(total, limit), total >= limit
+    log_total, limit = total.log(), floor - top  # compared in log space: exp(F - top) may overflow
+    return p * torch.exp(-torch.maximum(log_total, limit)), log_total >= limit
 
 
 def product_forward(x, prec, center, resid, floor, *, dim: int, softmax: bool, eps: float, divisor: int):

@@ -1,0 +1,233 @@
+// Fused CPU kernel of the DAAM product path (densattn.kernels.cpu compiles it on first use).
+//
+// x is viewed as (outer, H, c, inner), contiguous; heads are chunks of c items along the norm axis and `inner`
+// is everything after it. Parameters P, C, R (and the optional floor F) are (H, inner) arrays. Each thread owns
+// a (head, tile of `inner`) pair and walks over `outer`, so one (c x tile) block sits in cache while it is read
+// several times, and the parameter gradients accumulate without races. The math is that of
+// densattn/kernels/product.py (module docstring): forward and backward both recompute the per-chunk statistics
+// from x, so nothing but x is kept between them.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace {
+
+constexpr long kTile = 64;
+
+inline float load(const float* p, long i) { return p[i]; }
+inline double load(const double* p, long i) { return p[i]; }
+inline float load(const uint16_t* p, long i) {  // bfloat16 -> float32: the high half of the float's bits
+  uint32_t u = static_cast<uint32_t>(p[i]) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline void store(float* p, long i, float v) { p[i] = v; }
+inline void store(double* p, long i, double v) { p[i] = v; }
+inline void store(uint16_t* p, long i, float v) {  // float32 -> bfloat16, round to nearest even
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) {
+    p[i] = static_cast<uint16_t>((u >> 16) | 0x40u);  // quiet NaN
+    return;
+  }
+  u += 0x7fffu + ((u >> 16) & 1u);
+  p[i] = static_cast<uint16_t>(u >> 16);
+}
+
+// scale s = max|x|, scaled mean m and r = 1/sigma of each column of a (c x w) block with row stride `inner`
+template <typename S, typename A>
+void block_stats(const S* x, long c, long inner, long w, A eps, A divisor, A* s, A* m, A* r) {
+  const A var_floor = static_cast<A>(1e-30);
+  for (long i = 0; i < w; ++i) s[i] = 0, m[i] = 0, r[i] = 0;
+  for (long j = 0; j < c; ++j)
+    for (long i = 0; i < w; ++i) s[i] = std::max(s[i], std::fabs(load(x, j * inner + i)));
+  for (long i = 0; i < w; ++i) s[i] = s[i] > 0 ? s[i] : A(1);
+  for (long j = 0; j < c; ++j)
+    for (long i = 0; i < w; ++i) m[i] += load(x, j * inner + i) / s[i];
+  for (long i = 0; i < w; ++i) m[i] /= static_cast<A>(c);
+  for (long j = 0; j < c; ++j)
+    for (long i = 0; i < w; ++i) {
+      A e = load(x, j * inner + i) / s[i] - m[i];
+      r[i] += e * e;
+    }
+  for (long i = 0; i < w; ++i) {
+    A var_s = r[i] / divisor;
+    if (s[i] >= 1) {
+      r[i] = A(1) / std::sqrt(std::max(var_s + eps / (s[i] * s[i]), var_floor)) / s[i];
+    } else {
+      r[i] = A(1) / std::sqrt(std::max(s[i] * s[i] * var_s + eps, var_floor));
+    }
+  }
+}
+
+// a (c x w) block of weights (row stride `as` in `a`): L into `a`, then a = exp(L) or exp(L - max(lse, F)); act = [lse >= F]
+template <typename S, typename A>
+void block_weights(const S* x, A* a, long c, long inner, long as, long w, const A* P, const A* C, const A* R, const A* F,
+                   bool softmax, const A* s, const A* m, const A* r, A* top, bool* act) {
+  const A logit_floor = static_cast<A>(-1e30);
+  for (long i = 0; i < w; ++i) top[i] = -std::numeric_limits<A>::infinity();
+  for (long j = 0; j < c; ++j)
+    for (long i = 0; i < w; ++i) {
+      A u = (load(x, j * inner + i) / s[i] - m[i]) * (s[i] * r[i]) - C[i] * r[i];
+      A l = std::max(A(-0.5) * (P[i] * u * u + R[i] * r[i] * r[i]), logit_floor);
+      a[j * as + i] = l;
+      top[i] = std::max(top[i], l);
+    }
+  if (!softmax) {
+    for (long j = 0; j < c; ++j)
+      for (long i = 0; i < w; ++i) a[j * as + i] = std::exp(a[j * as + i]);
+    return;
+  }
+  A total[kTile];
+  for (long i = 0; i < w; ++i) total[i] = 0;
+  for (long j = 0; j < c; ++j)
+    for (long i = 0; i < w; ++i) {
+      A p = std::exp(a[j * as + i] - top[i]);
+      a[j * as + i] = p;
+      total[i] += p;
+    }
+  for (long i = 0; i < w; ++i) {
+    act[i] = true;
+    if (F) {  // a = p / max(total, exp(F - top)), compared in log space (exp(F - top) may overflow)
+      const A log_total = std::log(total[i]), limit = F[i] - top[i];
+      act[i] = log_total >= limit;
+      total[i] = act[i] ? A(1) / total[i] : std::exp(-limit);
+    } else {
+      total[i] = A(1) / total[i];
+    }
+  }
+  for (long j = 0; j < c; ++j)
+    for (long i = 0; i < w; ++i) a[j * as + i] *= total[i];
+}
+
+template <typename S, typename A>
+void forward(const S* x, S* y, A* a, const A* P, const A* C, const A* R, const A* F, long outer, long H, long c,
+             long inner, int softmax, double eps, double divisor, int threads) {
+  const long tiles = (inner + kTile - 1) / kTile;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long ht = 0; ht < H * tiles; ++ht) {
+    const long h = ht / tiles, i0 = (ht % tiles) * kTile, w = std::min(kTile, inner - i0);
+    const long p0 = h * inner + i0;
+    A s[kTile], m[kTile], r[kTile], top[kTile];
+    bool act[kTile];
+    for (long o = 0; o < outer; ++o) {
+      const long base = (o * H + h) * c * inner + i0;
+      block_stats<S, A>(x + base, c, inner, w, static_cast<A>(eps), static_cast<A>(divisor), s, m, r);
+      block_weights<S, A>(x + base, a + base, c, inner, inner, w, P + p0, C + p0, R + p0, F ? F + p0 : nullptr,
+                          softmax != 0, s, m, r, top, act);
+      for (long j = 0; j < c; ++j)
+        for (long i = 0; i < w; ++i) {
+          const long k = base + j * inner + i;
+          store(y, k, static_cast<A>(load(x, k)) * a[k]);
+        }
+    }
+  }
+}
+
+// gx (like x) and the parameter gradients gP, gC, gR, gF ((H, inner), zero on entry; gF may be null)
+template <typename S, typename A>
+void backward(const S* x, const S* gy, const A* ga, const A* P, const A* C, const A* R, const A* F, S* gx, A* gP,
+              A* gC, A* gR, A* gF, long outer, long H, long c, long inner, int softmax, double eps, double divisor,
+              int threads) {
+  const long tiles = (inner + kTile - 1) / kTile;
+  const A div = static_cast<A>(divisor);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long ht = 0; ht < H * tiles; ++ht) {
+    const long h = ht / tiles, i0 = (ht % tiles) * kTile, w = std::min(kTile, inner - i0);
+    const long p0 = h * inner + i0;
+    const A *Ph = P + p0, *Ch = C + p0, *Rh = R + p0;
+    A s[kTile], m[kTile], r[kTile], top[kTile], sum_gl[kTile], q[kTile], tsum[kTile];
+    bool act[kTile];
+    std::vector<A> a(c * kTile), gu(c * kTile);  // block scratch with row stride kTile
+    for (long o = 0; o < outer; ++o) {
+      const long base = (o * H + h) * c * inner + i0;
+      const S* xb = x + base;
+      block_stats<S, A>(xb, c, inner, w, static_cast<A>(eps), div, s, m, r);
+      // weights of the block, recomputed into the scratch (row stride kTile)
+      block_weights<S, A>(xb, a.data(), c, inner, kTile, w, Ph, Ch, Rh, F ? F + p0 : nullptr, softmax != 0, s, m, r,
+                          top, act);
+      // g_l = a * g_a with g_a = gy * x + ga; S = sum(g_l) (kept in gu as scratch)
+      for (long i = 0; i < w; ++i) tsum[i] = 0;
+      for (long j = 0; j < c; ++j)
+        for (long i = 0; i < w; ++i) {
+          const long k = base + j * inner + i;
+          A g = 0;
+          if (gy) g += static_cast<A>(load(gy, k)) * static_cast<A>(load(x, k));
+          if (ga) g += ga[k];
+          g *= a[j * kTile + i];
+          gu[j * kTile + i] = g;
+          tsum[i] += g;
+        }
+      if (softmax) {
+        for (long j = 0; j < c; ++j)
+          for (long i = 0; i < w; ++i)
+            if (act[i]) gu[j * kTile + i] -= a[j * kTile + i] * tsum[i];
+        if (gF)
+          for (long i = 0; i < w; ++i)
+            if (!act[i]) gF[p0 + i] -= tsum[i];
+      }
+      // g_u = -P u g_l; q = sum(g_u u) - R r^2 sum(g_l); parameter gradients
+      for (long i = 0; i < w; ++i) q[i] = 0, sum_gl[i] = 0;
+      for (long j = 0; j < c; ++j)
+        for (long i = 0; i < w; ++i) {
+          const A gl = gu[j * kTile + i];
+          const A u = (load(xb, j * inner + i) / s[i] - m[i]) * (s[i] * r[i]) - Ch[i] * r[i];
+          const A g_u = -Ph[i] * u * gl;
+          q[i] += g_u * u;
+          sum_gl[i] += gl;
+          gP[p0 + i] += A(-0.5) * u * u * gl;
+          gC[p0 + i] -= r[i] * g_u;
+          gu[j * kTile + i] = g_u;
+        }
+      for (long i = 0; i < w; ++i) {
+        gR[p0 + i] += A(-0.5) * r[i] * r[i] * sum_gl[i];
+        q[i] -= Rh[i] * r[i] * r[i] * sum_gl[i];
+        tsum[i] = 0;
+      }
+      // t = r (g_u - q (r d) / div);  g_x = t - mean(t) + gy a
+      for (long j = 0; j < c; ++j)
+        for (long i = 0; i < w; ++i) {
+          const A rd = (load(xb, j * inner + i) / s[i] - m[i]) * (s[i] * r[i]);
+          const A t = r[i] * (gu[j * kTile + i] - q[i] * rd / div);
+          gu[j * kTile + i] = t;
+          tsum[i] += t;
+        }
+      for (long i = 0; i < w; ++i) tsum[i] /= static_cast<A>(c);
+      for (long j = 0; j < c; ++j)
+        for (long i = 0; i < w; ++i) {
+          const long k = base + j * inner + i;
+          A g = gu[j * kTile + i] - tsum[i];
+          if (gy) g += static_cast<A>(load(gy, k)) * a[j * kTile + i];
+          store(gx, k, g);
+        }
+    }
+  }
+}
+
+}  // namespace
+
+#define DAAM_EXPORT(NAME, S, A)                                                                                    \
+  extern "C" void daam_forward_##NAME(const void* x, void* y, void* a, const void* P, const void* C, const void* R, \
+                                      const void* F, long outer, long H, long c, long inner, int softmax,          \
+                                      double eps, double divisor, int threads) {                                   \
+    forward<S, A>(static_cast<const S*>(x), static_cast<S*>(y), static_cast<A*>(a), static_cast<const A*>(P),     \
+                  static_cast<const A*>(C), static_cast<const A*>(R), static_cast<const A*>(F), outer, H, c, inner, \
+                  softmax, eps, divisor, threads);                                                                 \
+  }                                                                                                                \
+  extern "C" void daam_backward_##NAME(const void* x, const void* gy, const void* ga, const void* P, const void* C, \
+                                       const void* R, const void* F, void* gx, void* gP, void* gC, void* gR,       \
+                                       void* gF, long outer, long H, long c, long inner, int softmax, double eps,  \
+                                       double divisor, int threads) {                                              \
+    backward<S, A>(static_cast<const S*>(x), static_cast<const S*>(gy), static_cast<const A*>(ga),                 \
+                   static_cast<const A*>(P), static_cast<const A*>(C), static_cast<const A*>(R),                   \
+                   static_cast<const A*>(F), static_cast<S*>(gx), static_cast<A*>(gP), static_cast<A*>(gC),        \
+                   static_cast<A*>(gR), static_cast<A*>(gF), outer, H, c, inner, softmax, eps, divisor, threads);  \
+  }
+
+DAAM_EXPORT(f32, float, float)
+DAAM_EXPORT(f64, double, double)
+DAAM_EXPORT(bf16, uint16_t, float)
