@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("daam_cpu.cpp")
-FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp"]
+FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
 SUFFIX = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16"}
 
 _state: dict = {}
@@ -82,9 +82,12 @@ def load() -> ctypes.CDLL | None:
             try:
                 path = _build()
                 lib = ctypes.CDLL(str(path))
+                p, n, i, d = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_double
                 for name in SUFFIX.values():
-                    getattr(lib, f"daam_forward_{name}").restype = None
-                    getattr(lib, f"daam_backward_{name}").restype = None
+                    fwd, bwd = getattr(lib, f"daam_forward_{name}"), getattr(lib, f"daam_backward_{name}")
+                    fwd.restype = bwd.restype = None
+                    fwd.argtypes = [p] * 7 + [n] * 4 + [i, d, d, i]
+                    bwd.argtypes = [p] * 12 + [n] * 4 + [i, d, d, i]
                 _state["lib"], _state["status"] = lib, f"compiled: {path}"
             except (OSError, RuntimeError, subprocess.SubprocessError) as err:
                 _state["status"] = f"unavailable ({err})"
@@ -97,8 +100,8 @@ def status() -> str:
     return _state["status"]
 
 
-def _ptr(t: Tensor | None) -> ctypes.c_void_p:
-    return ctypes.c_void_p(None if t is None else t.data_ptr())
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
 
 
 def _dims(shape: tuple[int, ...], dim: int) -> tuple[int, int, int, int]:
@@ -111,8 +114,8 @@ def _dims(shape: tuple[int, ...], dim: int) -> tuple[int, int, int, int]:
     return outer, shape[dim - 1], shape[dim], inner
 
 
-def _threads() -> ctypes.c_int:
-    return ctypes.c_int(max(1, torch.get_num_threads()))
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
 
 
 def forward(lib, x: Tensor, params: list[Tensor], dim: int, softmax: bool, eps: float, divisor: int):
@@ -122,10 +125,8 @@ def forward(lib, x: Tensor, params: list[Tensor], dim: int, softmax: bool, eps: 
     a = torch.empty(x.shape, dtype=cdt)
     outer, heads, c, inner = _dims(tuple(x.shape), dim)
     getattr(lib, f"daam_forward_{SUFFIX[x.dtype]}")(
-        _ptr(x), _ptr(y), _ptr(a), *map(_ptr, params),
-        ctypes.c_long(outer), ctypes.c_long(heads), ctypes.c_long(c), ctypes.c_long(inner),
-        ctypes.c_int(int(softmax)), ctypes.c_double(eps), ctypes.c_double(divisor), _threads(),
-    )  # fmt: skip
+        _ptr(x), _ptr(y), _ptr(a), *map(_ptr, params), outer, heads, c, inner, int(softmax), eps, divisor, _threads()
+    )
     return y, a
 
 
@@ -138,7 +139,6 @@ def backward(lib, x, grad_y, grad_a, params, dim: int, softmax: bool, eps: float
     g_x = torch.empty_like(x)
     getattr(lib, f"daam_backward_{SUFFIX[x.dtype]}")(
         _ptr(x), _ptr(grad_y), _ptr(grad_a), *map(_ptr, params), _ptr(g_x), *map(_ptr, grads),
-        ctypes.c_long(outer), ctypes.c_long(heads), ctypes.c_long(c), ctypes.c_long(inner),
-        ctypes.c_int(int(softmax)), ctypes.c_double(eps), ctypes.c_double(divisor), _threads(),
+        outer, heads, c, inner, int(softmax), eps, divisor, _threads(),
     )  # fmt: skip
     return (g_x, *grads)

@@ -44,6 +44,7 @@ class CudaDensityProduct(torch.autograd.Function):
         y, a = fwd(x, prec, center, resid, floor, dim=dim, softmax=softmax, eps=eps, divisor=divisor)
         ctx.save_for_backward(x, prec, center, resid, floor)
         ctx.options = (dim, softmax, eps, divisor)
+        ctx.set_materialize_grads(False)  # an unused output gets None, not a tensor of zeros
         return y, a
 
     @staticmethod

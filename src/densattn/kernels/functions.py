@@ -60,6 +60,7 @@ class CpuDensityProduct(torch.autograd.Function):
         y, a = cpu.forward(lib, x.contiguous(), flat, dim, softmax, eps, divisor)
         ctx.save_for_backward(x, prec, center, resid, floor)
         ctx.options = (dim, softmax, eps, divisor)
+        ctx.set_materialize_grads(False)  # an unused output gets None, not a tensor of zeros
         return y, a
 
     @staticmethod

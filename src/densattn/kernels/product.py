@@ -124,6 +124,7 @@ class DensityProduct(torch.autograd.Function):
         a, _ = _normalise(logits, dim, softmax, floor)
         ctx.save_for_backward(x, prec, center, resid, floor, s, m, r)
         ctx.options = (dim, softmax, eps, divisor)
+        ctx.set_materialize_grads(False)  # an unused output gets None, not a tensor of zeros
         return x * a, a
 
     @staticmethod
