@@ -38,10 +38,10 @@ inline void store(uint16_t* p, long i, float v) {  // float32 -> bfloat16, round
   p[i] = static_cast<uint16_t>(u >> 16);
 }
 
-// exp for arguments <= 0 (all the kernel needs), vectorisable: Cephes' expf (2^n times a degree-6 polynomial
+// exp for arguments <= high (0 unless given; at most 88), vectorisable: Cephes' expf (2^n times a degree-6 polynomial
 // on [-ln2/2, ln2/2], ~1 ulp), exactly 0 below -87.3 where float32 underflows anyway. float64 uses std::exp.
-inline float vexp(float x) {
-  x = std::min(std::max(x, -88.0f), 0.0f);
+inline float vexp(float x, float high = 0.0f) {
+  x = std::min(std::max(x, -88.0f), high);
   const float n = std::floor(x * 1.44269504088896341f + 0.5f);
   const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -56,7 +56,7 @@ inline float vexp(float x) {
   std::memcpy(&scale, &bits, 4);
   return x < -87.33f ? 0.0f : p * scale;
 }
-inline double vexp(double x) { return std::exp(x); }
+inline double vexp(double x, double = 0.0) { return std::exp(x); }
 
 // scale s = max|x|, scaled mean m and r = 1/sigma of each column of a (c x w) block with row stride `inner`
 template <typename S, typename A>
@@ -117,15 +117,16 @@ void block_weights(const S* x, A* a, long c, long inner, long as, long w, const 
       a[j * as + i] = p;
       total[i] += p;
     }
-  for (long i = 0; i < w; ++i) {
-    act[i] = true;
-    if (F) {  // a = p / max(total, exp(F - top)); total >= 1 (the top item), so limit <= 0 means total wins
+  if (F) {  // a = p / max(total, exp(F - top)); 1 <= total <= c, so exp(limit) capped at e^80 decides alike
+    for (long i = 0; i < w; ++i) {
       const A limit = F[i] - top[i];
-      act[i] = limit <= 0 || total[i] >= std::exp(std::min(limit, A(80)));
-      total[i] = act[i] ? A(1) / total[i] : vexp(-limit);
-    } else {
-      total[i] = A(1) / total[i];
+      const bool on = total[i] >= vexp(std::min(limit, A(80)), A(80));
+      const A inv_total = A(1) / total[i], inv_floor = vexp(-limit);
+      act[i] = on;
+      total[i] = on ? inv_total : inv_floor;
     }
+  } else {
+    for (long i = 0; i < w; ++i) act[i] = true, total[i] = A(1) / total[i];
   }
   for (long j = 0; j < c; ++j)
     for (long i = 0; i < w; ++i) a[j * as + i] *= total[i];
