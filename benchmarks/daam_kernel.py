@@ -16,7 +16,10 @@ gradient g. Peak extra memory: growth of the peak resident set (VmHWM, reset thr
 fwd+bwd beyond y and the gradients, in a fresh subprocess with glibc's mmap threshold at 64 KiB so that freed
 tensors leave the resident set at once (Linux).
 
-Usage: python benchmarks/daam_kernel.py [--quick]
+With --device cuda: the same on the GPU (peak extra memory from torch.cuda.max_memory_allocated), written to
+daam_kernel_cuda.{json,md}.
+
+Usage: python benchmarks/daam_kernel.py [--quick] [--device cpu|cuda]
 Writes benchmarks/results/daam_kernel.{json,md}.
 """
 
@@ -42,12 +45,12 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 IMPLS = ("package", "densattn", "densattn-paper", "floor")
 
 
-def build(impl: str):
+def build(impl: str, device: str = "cpu"):
     torch.manual_seed(0)
     if impl == "densattn-paper":
         from densattn import DensityAdaptiveAttention
 
-        return DensityAdaptiveAttention(None, num_heads=8, norm_dim=1)  # scalar parameters, exp gate
+        return DensityAdaptiveAttention(None, num_heads=8, norm_dim=1, device=device)  # scalar parameters, exp gate
     from gaussian_adaptive_attention import MultiHeadGaussianAdaptiveAttention
 
     from densattn.compat import from_gaussian_adaptive_attention
@@ -56,6 +59,7 @@ def build(impl: str):
     with torch.no_grad():  # spreads away from 0 so that the package does not underflow (same work either way)
         for head in old.attention_heads:
             head.c.uniform_(0.6, 1.2)
+    old = old.to(device)
     return old if impl == "package" else from_gaussian_adaptive_attention(old)
 
 
@@ -85,18 +89,18 @@ def step(module, x, g, backward: bool):
     return y
 
 
-def inputs(shape_name: str, dtype: torch.dtype, backward: bool):
+def inputs(shape_name: str, dtype: torch.dtype, backward: bool, device: str = "cpu"):
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(SHAPES[shape_name], generator=g).to(dtype).requires_grad_(backward)
-    return x, torch.randn(SHAPES[shape_name], generator=g).to(dtype)
+    x = torch.randn(SHAPES[shape_name], generator=g).to(device, dtype).requires_grad_(backward)
+    return x, torch.randn(SHAPES[shape_name], generator=g).to(device, dtype)
 
 
-def time_interleaved(shape_name: str, dtype: torch.dtype, backward: bool, rounds: int) -> dict[str, float]:
+def time_interleaved(shape_name, dtype, backward: bool, rounds: int, device: str) -> dict[str, float]:
     """Median seconds per call of each column, measured in alternating rounds."""
     timers = {}
     for impl in IMPLS:
-        x, g = inputs(shape_name, dtype, backward)
-        module = Floor(x) if impl == "floor" else build(impl)
+        x, g = inputs(shape_name, dtype, backward, device)
+        module = Floor(x) if impl == "floor" else build(impl, device)
         timers[impl] = tb.Timer("step(m, x, g, b)", globals={"step": step, "m": module, "x": x, "g": g, "b": backward})
     number = {impl: max(1, int(0.1 / max(t.timeit(2).median, 1e-5))) for impl, t in timers.items()}
     samples: dict[str, list[float]] = {impl: [] for impl in IMPLS}
@@ -127,7 +131,26 @@ def peak_memory_child(impl: str, shape_name: str, dtype_name: str) -> None:
     print(json.dumps({"extra_bytes": peak - kept}))
 
 
-def peak_memory(impl: str, shape_name: str, dtype_name: str) -> float:
+def peak_memory_cuda(impl: str, shape_name: str, dtype_name: str) -> float:
+    x, g = inputs(shape_name, DTYPES[dtype_name], True, "cuda")
+    module = build(impl, "cuda")
+    step(module, x, g, True)
+    x.grad = None
+    for p in module.parameters():
+        p.grad = None
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    y = step(module, x, g, True)
+    torch.cuda.synchronize()
+    kept = y.numel() * y.element_size() + x.grad.numel() * x.grad.element_size()
+    kept += sum(p.grad.numel() * p.grad.element_size() for p in module.parameters() if p.grad is not None)
+    return torch.cuda.max_memory_allocated() - before - kept
+
+
+def peak_memory(impl: str, shape_name: str, dtype_name: str, device: str = "cpu") -> float:
+    if device == "cuda":
+        return peak_memory_cuda(impl, shape_name, dtype_name)
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     out = subprocess.run(
         [sys.executable, __file__, "--memory-child", impl, shape_name, dtype_name],
@@ -139,11 +162,11 @@ def peak_memory(impl: str, shape_name: str, dtype_name: str) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])["extra_bytes"]
 
 
-def parity(shape_name: str) -> float:
+def parity(shape_name: str, device: str) -> float:
     """Largest |y_package - y_densattn| in float32 (the two columns compute the same function)."""
-    x, _ = inputs(shape_name, torch.float32, False)
-    old = build("package")
-    new = build("densattn")
+    x, _ = inputs(shape_name, torch.float32, False, device)
+    old = build("package", device)
+    new = build("densattn", device)
     with torch.no_grad():
         return float((old(x) - new(x)).abs().max())
 
@@ -151,22 +174,24 @@ def parity(shape_name: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer timing rounds")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default cpu)")
     parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         peak_memory_child(*args.memory_child)
         return
-    from densattn.kernels import cpu
+    from densattn.kernels import cpu, cuda
 
+    device = args.device
     start, load_before = time.time(), os.getloadavg()
     rounds = 3 if args.quick else 7
     rows = []
     for shape_name in SHAPES:
         input_mib = torch.Size(SHAPES[shape_name]).numel() * 4 / 2**20
-        max_diff = parity(shape_name)
+        max_diff = parity(shape_name, device)
         for dtype_name, dtype in DTYPES.items():
             for backward in (False, True):
-                times = time_interleaved(shape_name, dtype, backward, rounds)
+                times = time_interleaved(shape_name, dtype, backward, rounds, device)
                 row = {"shape": shape_name, "x": list(SHAPES[shape_name]), "dtype": dtype_name}
                 row["pass"] = "fwd+bwd" if backward else "fwd"
                 row.update({f"{impl}_ms": 1e3 * t for impl, t in times.items()})
@@ -177,7 +202,7 @@ def main() -> None:
                     size = input_mib * (0.5 if dtype == torch.bfloat16 else 1.0)
                     row["input_mib"] = size
                     for impl in ("package", "densattn", "densattn-paper"):
-                        row[f"{impl}_extra_mib"] = peak_memory(impl, shape_name, dtype_name) / 2**20
+                        row[f"{impl}_extra_mib"] = peak_memory(impl, shape_name, dtype_name, device) / 2**20
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     meta = {
@@ -187,16 +212,19 @@ def main() -> None:
         "machine": platform.machine(),
         "python": platform.python_version(),
         "rounds": rounds,
-        "cpu_kernel": cpu.status(),
+        "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+        "kernel": cpu.status() if device == "cpu" else cuda.status(),
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg(),
         "seconds": time.time() - start,
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "daam_kernel.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    name = "daam_kernel" if device == "cpu" else "daam_kernel_cuda"
+    (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = [
         f"Load average {meta['loadavg_before'][0]:.1f} before / {meta['loadavg_after'][0]:.1f} after on "
-        f"{meta['cpu_count']} cores, {meta['threads']} torch threads, torch {meta['torch']}. Times in ms (median).",
+        f"{meta['cpu_count']} cores, {meta['threads']} torch threads, torch {meta['torch']}, device {meta['device']}. "
+        "Times in ms (median).",
         "",
         "| shape | dtype | pass | package 0.1.5 | densattn (converted) | speed-up | floor | densattn / floor "
         "| densattn `paper` | extra MiB: package / densattn / paper (input MiB) |",
@@ -206,7 +234,7 @@ def main() -> None:
         mem = ""
         if "input_mib" in r:
             mem = (
-                f"{r['package_extra_mib']:.0f} / {r['densattn_extra_mib']:.0f} / {r['densattn-paper_extra_mib']:.0f}"
+                f"{r['package_extra_mib']:.1f} / {r['densattn_extra_mib']:.1f} / {r['densattn-paper_extra_mib']:.1f}"
                 f" ({r['input_mib']:.0f})"
             )
         lines.append(
@@ -214,7 +242,7 @@ def main() -> None:
             f"| {r['densattn_ms']:.2f} | {r['speedup_vs_package']:.1f}× | {r['floor_ms']:.2f} "
             f"| {r['densattn_over_floor']:.1f}× | {r['densattn-paper_ms']:.2f} | {mem} |"
         )
-    (RESULTS / "daam_kernel.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
