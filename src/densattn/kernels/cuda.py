@@ -33,7 +33,7 @@ def _backward(grad_y, grad_a, x, prec, center, resid, floor, dim, softmax, eps, 
 
 def _compiled(name: str, fn):
     if name not in _state:
-        _state[name] = torch.compile(fn, dynamic=False)
+        _state[name] = torch.compile(fn, dynamic=None)  # a new shape recompiles once as dynamic, not per shape
     return _state[name]
 
 
