@@ -39,6 +39,13 @@ def density_product(
     ``prec``, ``center``, ``resid`` (and ``floor``, the log-normaliser floor of ``package_compat``, or None)
     broadcast against ``x`` with size 1 along ``dim``; ``divisor`` is ``c`` (population variance) or ``c - 1``.
     Returns ``y`` in ``x``'s dtype and ``a`` in float32 (float64 for float64 input).
+
+    Example:
+        >>> x = torch.randn(4, 2, 3, 16)  # (batch, heads, chunk, features): 6 layers in 2 heads of 3
+        >>> ones, zeros = torch.ones(1, 2, 1, 16), torch.zeros(1, 2, 1, 16)
+        >>> y, a = density_product(x, ones, zeros, zeros, None, dim=2, softmax=True, eps=1e-5, divisor=3)
+        >>> bool(torch.allclose(a.sum(2), torch.ones(4, 2, 16)))
+        True
     """
     args = (prec, center, resid, floor, dim, softmax, eps, divisor)
     if not torch.compiler.is_compiling():
