@@ -79,13 +79,14 @@ def test_package_collapse_is_reproduced_and_avoidable():
             head.c.fill_(0.05)  # sharp densities: their linear-space product underflows
             head.mean_offsets.fill_(0.5)
     new = from_gaussian_adaptive_attention(old)
-    x = torch.randn(4, 24, 16)
+    x = torch.randn(4, 24, 16, generator=torch.Generator().manual_seed(0))
     y_old, w_old = old(x, return_attention_details=True)
     y_new, w_new = new(x, need_weights=True)
     collapsed = w_old.unflatten(1, (8, 3)).sum(2) == 0  # whole head chunks with zero weight
     assert collapsed.any(), "the package should collapse here"
-    assert_close(w_new, w_old, rtol=1e-4, atol=5e-5)  # sharp densities: the package's float32 rounding
-    assert_close(y_new, y_old, rtol=1e-4, atol=5e-5)
+    # logits of size ~1e3 (spread 0.05): float32 rounding gives ~1e-4 relative differences either way
+    assert_close(w_new, w_old, rtol=1e-3, atol=2e-4)
+    assert_close(y_new, y_old, rtol=1e-3, atol=2e-4)
     new.package_compat = False  # log-space softmax: every chunk's weights sum to 1
     y_new, w_new = new(x, need_weights=True)
     sums = w_new.unflatten(1, (8, 3)).sum(2)

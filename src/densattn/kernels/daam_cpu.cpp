@@ -75,13 +75,13 @@ void block_stats(const S* x, long c, long inner, long w, A eps, A divisor, A* s,
       A e = load(x, j * inner + i) * inv[i] - m[i];
       r[i] += e * e;
     }
-  for (long i = 0; i < w; ++i) {
-    A var_s = r[i] / divisor;
-    if (s[i] >= 1) {
-      r[i] = A(1) / std::sqrt(std::max(var_s + eps / (s[i] * s[i]), var_floor)) / s[i];
-    } else {
-      r[i] = A(1) / std::sqrt(std::max(s[i] * s[i] * var_s + eps, var_floor));
-    }
+  const A inv_div = A(1) / divisor;
+  for (long i = 0; i < w; ++i) {  // one division and one sqrt per column (chunks can be as short as 2 items)
+    const A var_s = r[i] * inv_div;
+    const A big = var_s + eps * inv[i] * inv[i], small = s[i] * s[i] * var_s + eps;
+    const bool large = s[i] >= 1;
+    const A root = std::sqrt(std::max(large ? big : small, var_floor));
+    r[i] = (large ? inv[i] : A(1)) / root;
   }
 }
 
@@ -160,7 +160,7 @@ void backward(const S* x, const S* gy, const A* ga, const A* P, const A* C, cons
               A* gC, A* gR, A* gF, long outer, long H, long c, long inner, int softmax, double eps, double divisor,
               int threads) {
   const long tiles = (inner + kTile - 1) / kTile;
-  const A div = static_cast<A>(divisor);
+  const A div = static_cast<A>(divisor), inv_div = A(1) / div;
 #pragma omp parallel num_threads(threads)
   {
   // per-thread parameter gradients, summed at the end; block scratch with row stride kTile
@@ -226,7 +226,7 @@ void backward(const S* x, const S* gy, const A* ga, const A* P, const A* C, cons
       for (long j = 0; j < c; ++j)
         for (long i = 0; i < w; ++i) {
           const A rd = static_cast<A>(load(xb, j * inner + i)) * r[i] - shift[i];
-          const A t = r[i] * (gu[j * kTile + i] - q[i] * rd / div);
+          const A t = r[i] * (gu[j * kTile + i] - q[i] * rd * inv_div);
           gu[j * kTile + i] = t;
           tsum[i] += t;
         }
