@@ -19,7 +19,7 @@ from densattn.kernels import cpu, cuda
 from densattn.kernels.functions import CpuDensityProduct, cpu_layout_ok
 from densattn.kernels.product import DensityProduct
 
-__all__ = ["density_product"]
+__all__ = ["density_product", "fused_product"]
 
 
 def density_product(
@@ -57,3 +57,53 @@ def density_product(
     cdt = torch.promote_types(x.dtype, torch.float32)
     y, a = DensityProduct.apply(x.to(cdt), *args)
     return y.to(x.dtype), a
+
+
+def fused_product(
+    x: Tensor,
+    delta: Tensor,
+    s: Tensor,
+    nd: int,
+    pd: int | None,
+    num_heads: int,
+    c: int,
+    normalize: str,
+    eps: float,
+    package_compat: bool,
+) -> tuple[Tensor, Tensor]:
+    """``density_attention``'s product path without a mask, in x's own layout (no transposes).
+
+    ``delta`` and ``s`` are the offsets and variances ``s_k`` in the compute dtype, shaped ``(H, N, F|1)`` or
+    ``(H, N)``; ``nd``/``pd`` the norm and parameter axes; ``c`` the head chunk size.
+    """
+    from densattn.functional import _package_floor, _product_params
+
+    if pd is not None:
+        delta, s = delta.movedim(1, -1), s.movedim(1, -1)  # (H, F|1, N)
+    params = list(_product_params(delta, s))  # (H, F|1) or (H,)
+    floor = _package_floor(s, eps) if package_compat and normalize == "softmax" else None
+    if floor is not None:
+        params.append(floor)
+    shape = [1] * (x.dim() + 1)
+    shape[nd] = num_heads
+    if pd is not None:
+        pdu = pd if pd < nd else pd + 1  # param axis once the norm axis is split in two
+        shape[pdu] = params[0].shape[1]
+        if pdu < nd:
+            params = [t.t() for t in params]
+    params = [t.reshape(shape) for t in params]
+    prec, center, resid = params[:3]
+    xu = x.unflatten(nd, (num_heads, c))  # (..., H, c, ...); the kernels take x in its own dtype
+    divisor = c - 1 if package_compat and c > 1 else c
+    y, a = density_product(
+        xu,
+        prec,
+        center,
+        resid,
+        params[3] if floor is not None else None,
+        dim=nd + 1,
+        softmax=normalize == "softmax",
+        eps=eps,
+        divisor=divisor,
+    )
+    return y.flatten(nd, nd + 1).to(x.dtype), a.flatten(nd, nd + 1)
