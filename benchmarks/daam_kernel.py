@@ -101,7 +101,11 @@ def time_interleaved(shape_name, dtype, backward: bool, rounds: int, device: str
     for impl in IMPLS:
         x, g = inputs(shape_name, dtype, backward, device)
         module = Floor(x) if impl == "floor" else build(impl, device)
-        timers[impl] = tb.Timer("step(m, x, g, b)", globals={"step": step, "m": module, "x": x, "g": g, "b": backward})
+        timers[impl] = tb.Timer(  # num_threads: the Timer's default of 1 would also make torch.compile recompile
+            "step(m, x, g, b)",
+            globals={"step": step, "m": module, "x": x, "g": g, "b": backward},
+            num_threads=torch.get_num_threads(),
+        )
     number = {impl: max(1, int(0.1 / max(t.timeit(2).median, 1e-5))) for impl, t in timers.items()}
     samples: dict[str, list[float]] = {impl: [] for impl in IMPLS}
     for _ in range(rounds):
