@@ -1,15 +1,25 @@
-"""DAAM kernel speed and memory: densattn vs gaussian-adaptive-attention 0.1.5.
+"""DAAM kernel speed and memory: gaussian-adaptive-attention 0.1.5, densattn, and a memory-traffic floor, one run.
 
-Shapes:
-  paper:    x (32, 24, 1024), norm over the 24 layers, 8 heads, 8 Gaussians (mixture_of_densities)
-  sequence: x (8, 1024, 256), norm over the 1024 tokens, 8 heads, 8 Gaussians
-"densattn" is the package's module converted with densattn.compat (same parameters, same outputs);
-"densattn paper" is densattn's `paper` preset (1 Gaussian, per-feature parameters), which has no package
-counterpart. Times: torch.utils.benchmark timings taken in alternating rounds (package, densattn, densattn paper,
-package, ...), median per implementation, so machine noise hits all of them alike. Peak memory: growth of the peak
-resident set (VmHWM, reset through /proc/self/clear_refs) over one call, in a fresh subprocess per case (Linux).
+Shapes (8 heads, 8 Gaussians each):
+  paper:    x (32, 24, 1024), norm over the 24 layers
+  sequence: x (8, 1024, 256), norm over the 1024 tokens
+Columns:
+  package         the package's MultiHeadGaussianAdaptiveAttention (spreads in [0.6, 1.2]: it does not underflow)
+  densattn        that module converted by densattn.compat (same parameters, same outputs; preset mixture_of_densities)
+  densattn paper  densattn's `paper` preset (1 Gaussian, scalar parameters, exp gate; no package counterpart)
+  floor           the memory traffic the kernel cannot avoid, measured here at the same size and dtype:
+                  forward  = read x twice, write y once (torch.add(x, x, out=y) and x.sum());
+                  backward = the same again for (x, grad_y) -> grad_x; fwd+bwd = both.
+Times: torch.utils.benchmark timings in alternating rounds (package, densattn, paper, floor, package, ...), median
+per column, so machine noise hits all of them alike; fwd+bwd is `y = m(x); y.backward(g)` with a ready upstream
+gradient g. Peak extra memory: growth of the peak resident set (VmHWM, reset through /proc/self/clear_refs) over one
+fwd+bwd beyond y and the gradients, in a fresh subprocess with glibc's mmap threshold at 64 KiB so that freed
+tensors leave the resident set at once (Linux).
 
-Usage: python benchmarks/daam_kernel.py [--quick]
+With --device cuda: the same on the GPU (peak extra memory from torch.cuda.max_memory_allocated), written to
+daam_kernel_cuda.{json,md}.
+
+Usage: python benchmarks/daam_kernel.py [--quick] [--device cpu|cuda]
 Writes benchmarks/results/daam_kernel.{json,md}.
 """
 
@@ -17,59 +27,86 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
 import torch.utils.benchmark as tb
 
 RESULTS = Path(__file__).parent / "results"
-SHAPES = {"paper": ((32, 24, 1024), 1), "sequence": ((8, 1024, 256), 1)}
-IMPLS = ("package", "densattn", "densattn-paper")
+SHAPES = {"paper": (32, 24, 1024), "sequence": (8, 1024, 256)}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+IMPLS = ("package", "densattn", "densattn-paper", "floor")
 
 
-def build(impl: str, shape_name: str):
-    shape, axis = SHAPES[shape_name]
+def build(impl: str, device: str = "cpu"):
     torch.manual_seed(0)
     if impl == "densattn-paper":
         from densattn import DensityAdaptiveAttention
 
-        return DensityAdaptiveAttention(shape[-1], num_heads=8, norm_dim=axis), shape
+        return DensityAdaptiveAttention(None, num_heads=8, norm_dim=1, device=device)  # scalar parameters, exp gate
     from gaussian_adaptive_attention import MultiHeadGaussianAdaptiveAttention
 
     from densattn.compat import from_gaussian_adaptive_attention
 
-    old = MultiHeadGaussianAdaptiveAttention(norm_axis=axis, num_heads=8, num_gaussians=8)
+    old = MultiHeadGaussianAdaptiveAttention(norm_axis=1, num_heads=8, num_gaussians=8)
     with torch.no_grad():  # spreads away from 0 so that the package does not underflow (same work either way)
         for head in old.attention_heads:
             head.c.uniform_(0.6, 1.2)
-    if impl == "package":
-        return old, shape
-    return from_gaussian_adaptive_attention(old), shape
+    old = old.to(device)
+    return old if impl == "package" else from_gaussian_adaptive_attention(old)
 
 
-def step(module, x, backward: bool):
+class Floor:
+    """The unavoidable traffic: read x twice and write y once (forward), the same for the backward."""
+
+    def __init__(self, x: torch.Tensor):
+        self.y, self.gx = torch.empty_like(x), torch.empty_like(x)
+
+    def step(self, x, g, backward: bool):
+        x = x.detach()
+        torch.add(x, x, out=self.y)
+        x.sum()
+        if backward:
+            torch.add(x, g, out=self.gx)
+            g.sum()
+
+
+def step(module, x, g, backward: bool):
+    if isinstance(module, Floor):
+        return module.step(x, g, backward)
+    if not backward:
+        with torch.no_grad():
+            return module(x)
     y = module(x)
-    if backward:
-        y.sum().backward()
+    y.backward(g)
     return y
 
 
-def time_interleaved(shape_name: str, backward: bool, rounds: int) -> dict[str, float]:
-    """Median seconds per call of each implementation, measured in alternating rounds."""
+def inputs(shape_name: str, dtype: torch.dtype, backward: bool, device: str = "cpu"):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(SHAPES[shape_name], generator=g).to(device, dtype).requires_grad_(backward)
+    return x, torch.randn(SHAPES[shape_name], generator=g).to(device, dtype)
+
+
+def time_interleaved(shape_name, dtype, backward: bool, rounds: int, device: str) -> dict[str, float]:
+    """Median seconds per call of each column, measured in alternating rounds."""
     timers = {}
     for impl in IMPLS:
-        module, shape = build(impl, shape_name)
-        x = torch.randn(shape, requires_grad=backward)
-        timers[impl] = tb.Timer(
-            "step(module, x, backward)",
-            globals={"step": step, "module": module, "x": x, "backward": backward},
+        x, g = inputs(shape_name, dtype, backward, device)
+        module = Floor(x) if impl == "floor" else build(impl, device)
+        timers[impl] = tb.Timer(  # num_threads: the Timer's default of 1 would also make torch.compile recompile
+            "step(m, x, g, b)",
+            globals={"step": step, "m": module, "x": x, "g": g, "b": backward},
+            num_threads=torch.get_num_threads(),
         )
-    number = {impl: max(1, int(0.2 / max(t.timeit(2).median, 1e-4))) for impl, t in timers.items()}
+    number = {impl: max(1, int(0.1 / max(t.timeit(2).median, 1e-5))) for impl, t in timers.items()}
     samples: dict[str, list[float]] = {impl: [] for impl in IMPLS}
     for _ in range(rounds):
         for impl, timer in timers.items():
@@ -77,81 +114,139 @@ def time_interleaved(shape_name: str, backward: bool, rounds: int) -> dict[str, 
     return {impl: statistics.median(v) for impl, v in samples.items()}
 
 
-def _status_mib(key: str) -> float:
-    text = Path("/proc/self/status").read_text()
-    return int(re.search(rf"{key}:\s+(\d+) kB", text).group(1)) / 1024
+def _status_bytes(key: str) -> int:
+    return int(re.search(rf"{key}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
 
 
-def peak_memory_child(impl: str, shape_name: str, backward: bool) -> None:
-    """Peak resident-set growth of one call: reset the high-water mark, run, read VmHWM."""
-    module, shape = build(impl, shape_name)
-    x = torch.randn(shape, requires_grad=backward)
-    step(module, x, backward)  # warm up lazy allocations
+def peak_memory_child(impl: str, shape_name: str, dtype_name: str) -> None:
+    """Peak resident-set growth of one fwd+bwd beyond y and the gradients (bytes, printed as JSON)."""
+    x, g = inputs(shape_name, DTYPES[dtype_name], True)
+    module = build(impl)
+    step(module, x, g, True)  # warm up lazy allocations (and the compiled kernel)
     x.grad = None
     for p in module.parameters():
         p.grad = None
     Path("/proc/self/clear_refs").write_text("5")
-    before = _status_mib("VmRSS")
-    step(module, x, backward)
-    print(json.dumps({"peak_mib": _status_mib("VmHWM") - before}))
+    before = _status_bytes("VmRSS")
+    y = step(module, x, g, True)
+    peak = _status_bytes("VmHWM") - before
+    kept = y.numel() * y.element_size() + x.grad.numel() * x.grad.element_size()
+    kept += sum(p.grad.numel() * p.grad.element_size() for p in module.parameters() if p.grad is not None)
+    print(json.dumps({"extra_bytes": peak - kept}))
 
 
-def peak_memory(impl: str, shape_name: str, backward: bool) -> float:
+def peak_memory_cuda(impl: str, shape_name: str, dtype_name: str) -> float:
+    x, g = inputs(shape_name, DTYPES[dtype_name], True, "cuda")
+    module = build(impl, "cuda")
+    step(module, x, g, True)
+    x.grad = None
+    for p in module.parameters():
+        p.grad = None
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    y = step(module, x, g, True)
+    torch.cuda.synchronize()
+    kept = y.numel() * y.element_size() + x.grad.numel() * x.grad.element_size()
+    kept += sum(p.grad.numel() * p.grad.element_size() for p in module.parameters() if p.grad is not None)
+    return torch.cuda.max_memory_allocated() - before - kept
+
+
+def peak_memory(impl: str, shape_name: str, dtype_name: str, device: str = "cpu") -> float:
+    if device == "cuda":
+        return peak_memory_cuda(impl, shape_name, dtype_name)
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     out = subprocess.run(
-        [sys.executable, __file__, "--memory-child", impl, shape_name, str(int(backward))],
+        [sys.executable, __file__, "--memory-child", impl, shape_name, dtype_name],
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+    return json.loads(out.stdout.strip().splitlines()[-1])["extra_bytes"]
+
+
+def parity(shape_name: str, device: str) -> float:
+    """Largest |y_package - y_densattn| in float32 (the two columns compute the same function)."""
+    x, _ = inputs(shape_name, torch.float32, False, device)
+    old = build("package", device)
+    new = build("densattn", device)
+    with torch.no_grad():
+        return float((old(x) - new(x)).abs().max())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer timing rounds")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default cpu)")
     parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
-        impl, shape_name, backward = args.memory_child
-        peak_memory_child(impl, shape_name, bool(int(backward)))
+        peak_memory_child(*args.memory_child)
         return
-    rounds = 5 if args.quick else 15
+    from densattn.kernels import cpu, cuda
+
+    device = args.device
+    start, load_before = time.time(), os.getloadavg()
+    rounds = 3 if args.quick else 7
     rows = []
     for shape_name in SHAPES:
-        for backward in (False, True):
-            row = {
-                "shape": shape_name,
-                "x": list(SHAPES[shape_name][0]),
-                "pass": "fwd+bwd" if backward else "fwd",
-            }
-            times = time_interleaved(shape_name, backward, rounds)
-            for impl in IMPLS:
-                row[f"{impl}_ms"] = 1e3 * times[impl]
-                row[f"{impl}_peak_mib"] = peak_memory(impl, shape_name, backward)
-            row["speedup"] = row["package_ms"] / row["densattn_ms"]
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+        input_mib = torch.Size(SHAPES[shape_name]).numel() * 4 / 2**20
+        max_diff = parity(shape_name, device)
+        for dtype_name, dtype in DTYPES.items():
+            for backward in (False, True):
+                times = time_interleaved(shape_name, dtype, backward, rounds, device)
+                row = {"shape": shape_name, "x": list(SHAPES[shape_name]), "dtype": dtype_name}
+                row["pass"] = "fwd+bwd" if backward else "fwd"
+                row.update({f"{impl}_ms": 1e3 * t for impl, t in times.items()})
+                row["speedup_vs_package"] = times["package"] / times["densattn"]
+                row["densattn_over_floor"] = times["densattn"] / times["floor"]
+                row["max_abs_diff_vs_package_float32"] = max_diff
+                if backward:
+                    size = input_mib * (0.5 if dtype == torch.bfloat16 else 1.0)
+                    row["input_mib"] = size
+                    for impl in ("package", "densattn", "densattn-paper"):
+                        row[f"{impl}_extra_mib"] = peak_memory(impl, shape_name, dtype_name, device) / 2**20
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     meta = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
         "python": platform.python_version(),
         "rounds": rounds,
+        "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+        "kernel": cpu.status() if device == "cpu" else cuda.status(),
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+        "seconds": time.time() - start,
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "daam_kernel.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    name = "daam_kernel" if device == "cpu" else "daam_kernel_cuda"
+    (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = [
-        "| shape | pass | package 0.1.5 (ms) | densattn, converted module (ms) | speed-up | package peak (MiB) "
-        "| densattn peak (MiB) | densattn `paper` preset (ms / MiB) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        f"Load average {meta['loadavg_before'][0]:.1f} before / {meta['loadavg_after'][0]:.1f} after on "
+        f"{meta['cpu_count']} cores, {meta['threads']} torch threads, torch {meta['torch']}, device {meta['device']}. "
+        "Times in ms (median).",
+        "",
+        "| shape | dtype | pass | package 0.1.5 | densattn (converted) | speed-up | floor | densattn / floor "
+        "| densattn `paper` | extra MiB: package / densattn / paper (input MiB) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
+        mem = ""
+        if "input_mib" in r:
+            mem = (
+                f"{r['package_extra_mib']:.1f} / {r['densattn_extra_mib']:.1f} / {r['densattn-paper_extra_mib']:.1f}"
+                f" ({r['input_mib']:.0f})"
+            )
         lines.append(
-            f"| {r['shape']} {tuple(r['x'])} | {r['pass']} | {r['package_ms']:.1f} | {r['densattn_ms']:.1f} "
-            f"| {r['speedup']:.1f}× | {r['package_peak_mib']:.0f} | {r['densattn_peak_mib']:.0f} "
-            f"| {r['densattn-paper_ms']:.1f} / {r['densattn-paper_peak_mib']:.0f} |"
+            f"| {r['shape']} {tuple(r['x'])} | {r['dtype']} | {r['pass']} | {r['package_ms']:.1f} "
+            f"| {r['densattn_ms']:.2f} | {r['speedup_vs_package']:.1f}× | {r['floor_ms']:.2f} "
+            f"| {r['densattn_over_floor']:.1f}× | {r['densattn-paper_ms']:.2f} | {mem} |"
         )
-    (RESULTS / "daam_kernel.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

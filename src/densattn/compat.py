@@ -7,8 +7,12 @@ Facts about that package (kept here because they explain ``package_compat=True``
   the user's ``eps`` is dropped and every head uses ``1e-8``;
 * padding is detected by value equality (``x != padding_value``); padded items are zero-filled for the mean and
   variance but still counted, and stay in the normalising sum;
+* it divides the densities (with their ``(2 pi c^2)^(-1/2)`` normalisers) by ``max(sum, eps)``, so a head whose
+  density sum falls below ``eps`` gets weights summing to less than 1; ``package_compat=True`` applies the same rule
+  in log space;
 * the product of N densities is formed in linear space, so it underflows to an all-zero row (output all zeros) or
-  overflows to NaN when a spread is small; densattn works in log space and does neither.
+  overflows to NaN when a spread is small; densattn works in log space and does neither (with
+  ``package_compat=False`` every head's weights sum to 1).
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ def from_gaussian_adaptive_attention(module: nn.Module) -> nn.Module:
     :class:`~densattn.DensityAdaptiveAttention` (preset ``"mixture_of_densities"``, scalar parameters,
     ``package_compat=True``, ragged heads allowed as in the package); ``GaussianBlock`` becomes a
     :class:`~densattn.DensityBlock` of those. Parameters are copied (``mean_offsets`` -> ``mean_offset``,
-    ``c`` -> ``spread``), so outputs match wherever the package itself does not underflow.
+    ``c`` -> ``spread``), so outputs match the package wherever it is finite.
 
     Raises:
         ValueError: if ``module`` is not one of the three package classes.

@@ -23,10 +23,14 @@ Implementation notes:
   float32 and tiny inputs (1e-30) do not underflow.
 * Masked positions (``mask`` False) are excluded from the statistics and from the softmax, pass through unchanged
   and get weight 0.
+* ``"product"`` without a mask and with even heads runs on the fused kernels of :mod:`densattn.kernels` (C++ on
+  CPU, compiled on CUDA; same numbers, a backward that keeps only ``x``, exact double backward); everything else
+  runs on the code below, which is the reference.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -161,8 +165,11 @@ def density_attention(
         normalize: ``"none"`` (gate ``exp(L)``) or ``"softmax"`` over each head's chunk of ``norm_dim``.
         mask: bool, True = keep; the input's shape, broadcastable to it, or a prefix of it (e.g. ``(B, T)``).
         eps: added to the variance; must be >= 0.
-        package_compat: reproduce ``gaussian-adaptive-attention`` 0.1.5: unbiased variance, and with a mask the
-            package's padding rule (padded items count as zeros in mean and variance and stay in the softmax).
+        package_compat: reproduce ``gaussian-adaptive-attention`` 0.1.5: unbiased variance, with a mask the
+            package's padding rule (padded items count as zeros in mean and variance and stay in the softmax),
+            and for ``"product"`` + ``"softmax"`` its normaliser ``density / max(sum, eps)`` (in log space:
+            ``a = exp(L - max(lse(L), log eps + sum_k log(2 pi s_k) / 2))``), so a head whose density sum falls
+            below ``eps`` gets weights summing to less than 1, as in the package.
         allow_ragged_heads: let the last head take the remainder when ``num_heads`` does not divide the axis.
 
     Returns:
@@ -214,9 +221,9 @@ def density_attention(
     delta, s = _gaussian_params(mean_offset, spread, spread_param, cdt)
 
     if combine == "product" and mask is None and len(set(sizes)) == 1:
-        fast = _fast_path(x, delta, s, nd, pd, num_heads, sizes[0], normalize, eps, package_compat, cdt)
-        if fast is not None:
-            return fast
+        from densattn.kernels import fused_product  # (imported here: the kernels import this module)
+
+        return fused_product(x, delta, s, nd, pd, num_heads, sizes[0], normalize, eps, package_compat)
 
     # ---- general path. Layout: (..., F, m) with the parameter axis second to last, the norm axis last ----------
     xt = x.movedim(nd, -1)
@@ -309,7 +316,14 @@ def density_attention(
             logits = logits.masked_fill(~keep, float("-inf"))
         elif ragged:
             logits = logits.masked_fill(~valid, float("-inf"))
-        weights = torch.softmax(logits, dim=-1)
+        floor = _package_floor(s, eps) if package_compat and combine == "product" else None
+        if floor is None:
+            weights = torch.softmax(logits, dim=-1)
+        else:  # the package's density / max(sum, eps)
+            top = logits.detach().amax(-1, keepdim=True)  # exp(L - max(lse, F)), evaluated relative to the top
+            p = torch.exp(logits - top)
+            shift = torch.maximum(p.sum(-1, keepdim=True).log(), floor.unsqueeze(-1) - top)  # log space: no overflow
+            weights = p * torch.exp(-shift)
         if keep is not None:
             weights = torch.nan_to_num(weights, nan=0.0)  # a fully masked chunk has no weights
     else:
@@ -347,46 +361,12 @@ def _product_params(delta: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return prec, center, resid
 
 
-def _fast_path(
-    x: Tensor,
-    delta: Tensor,
-    s: Tensor,
-    nd: int,
-    pd: int | None,
-    num_heads: int,
-    c: int,
-    normalize: str,
-    eps: float,
-    package_compat: bool,
-    cdt: torch.dtype,
-) -> tuple[Tensor, Tensor] | None:
-    """The fused product path in x's own layout; None when it cannot be used safely."""
-    from densattn._fused import Unsafe, density_product
+def _package_floor(s: Tensor, eps: float) -> Tensor | None:
+    """Log-space form of the package's ``density / max(sum, eps)``: the floor under ``logsumexp`` of the logits.
 
-    if pd is not None:
-        delta, s = delta.movedim(1, -1), s.movedim(1, -1)  # (H, F|1, N)
-    prec, center, resid = _product_params(delta, s)  # (H, F|1) or (H,)
-    shape = [1] * (x.dim() + 1)
-    shape[nd] = num_heads
-    if pd is not None:
-        pdu = pd if pd < nd else pd + 1  # param axis once the norm axis is split in two
-        shape[pdu] = prec.shape[1]
-        if pdu < nd:
-            prec, center, resid = prec.t(), center.t(), resid.t()
-    prec, center, resid = (t.reshape(shape) for t in (prec, center, resid))
-    xu = x.to(cdt).unflatten(nd, (num_heads, c))  # (..., H, c, ...)
-    correction = 1 if package_compat and c > 1 else 0
-    try:
-        y, a = density_product(
-            xu,
-            prec,
-            center,
-            resid,
-            dim=nd + 1,
-            softmax=normalize == "softmax",
-            eps=eps,
-            correction=correction,
-        )
-    except Unsafe:
+    The package's densities carry the normaliser ``prod_k (2 pi s_k)^(-1/2)`` that the logits drop, so its rule
+    ``max(sum, eps)`` reads ``max(lse(L), log(eps) + sum_k log(2 pi s_k) / 2)`` here. None when ``eps`` is 0.
+    """
+    if eps <= 0:
         return None
-    return y.flatten(nd, nd + 1).to(x.dtype), a.flatten(nd, nd + 1)
+    return math.log(eps) + 0.5 * torch.log(2 * math.pi * s).sum(-1)

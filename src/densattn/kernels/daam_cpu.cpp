@@ -1,0 +1,273 @@
+// Fused CPU kernel of the DAAM product path (densattn.kernels.cpu compiles it on first use).
+//
+// x is viewed as (outer, H, c, inner), contiguous; heads are chunks of c items along the norm axis and `inner`
+// is everything after it. Parameters P, C, R (and the optional floor F) are (H, inner) arrays. Each thread owns
+// contiguous run of (outer, head, column tile) blocks in memory order, so one (c x tile) block sits in cache while
+// it is read several times; the backward sums per-thread parameter gradients at the end. The math is that of
+// densattn/kernels/product.py (module docstring): forward and backward both recompute the per-chunk statistics
+// from x, so nothing but x is kept between them.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace {
+
+constexpr long kTile = 256;
+
+inline float load(const float* p, long i) { return p[i]; }
+inline double load(const double* p, long i) { return p[i]; }
+inline float load(const uint16_t* p, long i) {  // bfloat16 -> float32: the high half of the float's bits
+  uint32_t u = static_cast<uint32_t>(p[i]) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline void store(float* p, long i, float v) { p[i] = v; }
+inline void store(double* p, long i, double v) { p[i] = v; }
+inline void store(uint16_t* p, long i, float v) {  // float32 -> bfloat16, round to nearest even
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) {
+    p[i] = static_cast<uint16_t>((u >> 16) | 0x40u);  // quiet NaN
+    return;
+  }
+  u += 0x7fffu + ((u >> 16) & 1u);
+  p[i] = static_cast<uint16_t>(u >> 16);
+}
+
+// exp for arguments <= high (0 unless given; at most 88), vectorisable: Cephes' expf (2^n times a degree-6 polynomial
+// on [-ln2/2, ln2/2], ~1 ulp), exactly 0 below -87.3 where float32 underflows anyway. float64 uses std::exp.
+inline float vexp(float x, float high = 0.0f) {
+  x = std::min(std::max(x, -88.0f), high);
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, 4);
+  return x < -87.33f ? 0.0f : p * scale;
+}
+inline double vexp(double x, double = 0.0) { return std::exp(x); }
+
+// scale s = max|x|, scaled mean m and r = 1/sigma of each column of a (c x w) block with row stride `inner`
+template <typename S, typename A>
+void block_stats(const S* x, long c, long inner, long w, A eps, A divisor, A* s, A* m, A* r) {
+  const A var_floor = static_cast<A>(1e-30);
+  for (long i = 0; i < w; ++i) s[i] = 0, m[i] = 0, r[i] = 0;
+  for (long j = 0; j < c; ++j)
+    for (long i = 0; i < w; ++i) s[i] = std::max(s[i], std::fabs(load(x, j * inner + i)));
+  A inv[kTile];
+  for (long i = 0; i < w; ++i) s[i] = s[i] > 0 ? s[i] : A(1), inv[i] = A(1) / s[i];
+  for (long j = 0; j < c; ++j)
+    for (long i = 0; i < w; ++i) m[i] += load(x, j * inner + i) * inv[i];
+  for (long i = 0; i < w; ++i) m[i] /= static_cast<A>(c);
+  for (long j = 0; j < c; ++j)
+    for (long i = 0; i < w; ++i) {
+      A e = load(x, j * inner + i) * inv[i] - m[i];
+      r[i] += e * e;
+    }
+  const A inv_div = A(1) / divisor;
+  for (long i = 0; i < w; ++i) {  // one division and one sqrt per column (chunks can be as short as 2 items)
+    const A var_s = r[i] * inv_div;
+    const A big = var_s + eps * inv[i] * inv[i], small = s[i] * s[i] * var_s + eps;
+    const bool large = s[i] >= 1;
+    const A root = std::sqrt(std::max(large ? big : small, var_floor));
+    r[i] = (large ? inv[i] : A(1)) / root;
+  }
+}
+
+// a (c x w) block of weights (row stride `as` in `a`): L into `a`, then a = exp(L) or exp(L - max(lse, F)); act = [lse >= F]
+template <typename S, typename A>
+void block_weights(const S* x, A* a, long c, long inner, long as, long w, const A* P, const A* C, const A* R, const A* F,
+                   bool softmax, const A* s, const A* m, const A* r, A* top, bool* act) {
+  const A logit_floor = static_cast<A>(-1e30);
+  A beta[kTile], half_p[kTile], half_rr[kTile];  // u = x r + beta;  L = -(P/2) u^2 - R r^2 / 2
+  for (long i = 0; i < w; ++i) {
+    top[i] = -std::numeric_limits<A>::infinity();
+    beta[i] = -(m[i] * s[i] + C[i]) * r[i];
+    half_p[i] = A(-0.5) * P[i];
+    half_rr[i] = A(-0.5) * R[i] * r[i] * r[i];
+  }
+  for (long j = 0; j < c; ++j)
+    for (long i = 0; i < w; ++i) {
+      const A u = load(x, j * inner + i) * r[i] + beta[i];
+      const A l = std::max(half_p[i] * u * u + half_rr[i], logit_floor);
+      a[j * as + i] = l;
+      top[i] = std::max(top[i], l);
+    }
+  if (!softmax) {
+    for (long j = 0; j < c; ++j)
+      for (long i = 0; i < w; ++i) a[j * as + i] = vexp(a[j * as + i]);
+    return;
+  }
+  A total[kTile];
+  for (long i = 0; i < w; ++i) total[i] = 0;
+  for (long j = 0; j < c; ++j)
+    for (long i = 0; i < w; ++i) {
+      A p = vexp(a[j * as + i] - top[i]);
+      a[j * as + i] = p;
+      total[i] += p;
+    }
+  if (F) {  // a = p / max(total, exp(F - top)); 1 <= total <= c, so exp(limit) capped at e^80 decides alike
+    for (long i = 0; i < w; ++i) {
+      const A limit = F[i] - top[i];
+      const bool on = total[i] >= vexp(std::min(limit, A(80)), A(80));
+      const A inv_total = A(1) / total[i], inv_floor = vexp(-limit);
+      act[i] = on;
+      total[i] = on ? inv_total : inv_floor;
+    }
+  } else {
+    for (long i = 0; i < w; ++i) act[i] = true, total[i] = A(1) / total[i];
+  }
+  for (long j = 0; j < c; ++j)
+    for (long i = 0; i < w; ++i) a[j * as + i] *= total[i];
+}
+
+template <typename S, typename A>
+void forward(const S* x, S* y, A* a, const A* P, const A* C, const A* R, const A* F, long outer, long H, long c,
+             long inner, int softmax, double eps, double divisor, int threads) {
+  const long tiles = (inner + kTile - 1) / kTile;
+  // blocks (o, h, column tile) in memory order; each thread takes a contiguous run of them
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long b = 0; b < outer * H * tiles; ++b) {
+    const long oh = b / tiles, h = oh % H, i0 = (b % tiles) * kTile, w = std::min(kTile, inner - i0);
+    const long p0 = h * inner + i0, base = oh * c * inner + i0;
+    A s[kTile], m[kTile], r[kTile], top[kTile];
+    bool act[kTile];
+    block_stats<S, A>(x + base, c, inner, w, static_cast<A>(eps), static_cast<A>(divisor), s, m, r);
+    block_weights<S, A>(x + base, a + base, c, inner, inner, w, P + p0, C + p0, R + p0, F ? F + p0 : nullptr,
+                        softmax != 0, s, m, r, top, act);
+    for (long j = 0; j < c; ++j)
+      for (long i = 0; i < w; ++i) {
+        const long k = base + j * inner + i;
+        store(y, k, static_cast<A>(load(x, k)) * a[k]);
+      }
+  }
+}
+
+// gx (like x) and the parameter gradients gP, gC, gR, gF ((H, inner), zero on entry; gF may be null)
+template <typename S, typename A>
+void backward(const S* x, const S* gy, const A* ga, const A* P, const A* C, const A* R, const A* F, S* gx, A* gP,
+              A* gC, A* gR, A* gF, long outer, long H, long c, long inner, int softmax, double eps, double divisor,
+              int threads) {
+  const long tiles = (inner + kTile - 1) / kTile;
+  const A div = static_cast<A>(divisor), inv_div = A(1) / div;
+#pragma omp parallel num_threads(threads)
+  {
+  // per-thread parameter gradients, summed at the end; block scratch with row stride kTile
+  std::vector<A> pP(H * inner), pC(H * inner), pR(H * inner), pF(gF ? H * inner : 0);
+  std::vector<A> a(c * kTile), gu(c * kTile);
+#pragma omp for schedule(static)
+  for (long b = 0; b < outer * H * tiles; ++b) {
+    const long oh = b / tiles, h = oh % H, i0 = (b % tiles) * kTile, w = std::min(kTile, inner - i0);
+    const long p0 = h * inner + i0, base = oh * c * inner + i0;
+    const A *Ph = P + p0, *Ch = C + p0, *Rh = R + p0;
+    A s[kTile], m[kTile], r[kTile], top[kTile], sum_gl[kTile], q[kTile], tsum[kTile];
+    bool act[kTile];
+    {
+      const S* xb = x + base;
+      block_stats<S, A>(xb, c, inner, w, static_cast<A>(eps), div, s, m, r);
+      // weights of the block, recomputed into the scratch (row stride kTile)
+      block_weights<S, A>(xb, a.data(), c, inner, kTile, w, Ph, Ch, Rh, F ? F + p0 : nullptr, softmax != 0, s, m, r,
+                          top, act);
+      // g_l = a * g_a with g_a = gy * x + ga; S = sum(g_l) (kept in gu as scratch)
+      for (long i = 0; i < w; ++i) tsum[i] = 0;
+      for (long j = 0; j < c; ++j)
+        for (long i = 0; i < w; ++i) {
+          const long k = base + j * inner + i;
+          A g = 0;
+          if (gy) g += static_cast<A>(load(gy, k)) * static_cast<A>(load(x, k));
+          if (ga) g += ga[k];
+          g *= a[j * kTile + i];
+          gu[j * kTile + i] = g;
+          tsum[i] += g;
+        }
+      if (softmax) {
+        for (long j = 0; j < c; ++j)
+          for (long i = 0; i < w; ++i)
+            if (act[i]) gu[j * kTile + i] -= a[j * kTile + i] * tsum[i];
+        if (gF)
+          for (long i = 0; i < w; ++i)
+            if (!act[i]) pF[p0 + i] -= tsum[i];
+      }
+      // g_u = -P u g_l; q = sum(g_u u) - R r^2 sum(g_l); parameter gradients
+      A beta[kTile], shift[kTile];  // u = x r + beta;  r d = x r - shift
+      for (long i = 0; i < w; ++i) {
+        q[i] = 0, sum_gl[i] = 0;
+        shift[i] = m[i] * s[i] * r[i];
+        beta[i] = -shift[i] - Ch[i] * r[i];
+      }
+      for (long j = 0; j < c; ++j)
+        for (long i = 0; i < w; ++i) {
+          const A gl = gu[j * kTile + i];
+          const A u = static_cast<A>(load(xb, j * inner + i)) * r[i] + beta[i];
+          const A g_u = -Ph[i] * u * gl;
+          q[i] += g_u * u;
+          sum_gl[i] += gl;
+          pP[p0 + i] += A(-0.5) * u * u * gl;
+          pC[p0 + i] -= r[i] * g_u;
+          gu[j * kTile + i] = g_u;
+        }
+      for (long i = 0; i < w; ++i) {
+        pR[p0 + i] += A(-0.5) * r[i] * r[i] * sum_gl[i];
+        q[i] -= Rh[i] * r[i] * r[i] * sum_gl[i];
+        tsum[i] = 0;
+      }
+      // t = r (g_u - q (r d) / div);  g_x = t - mean(t) + gy a
+      for (long j = 0; j < c; ++j)
+        for (long i = 0; i < w; ++i) {
+          const A rd = static_cast<A>(load(xb, j * inner + i)) * r[i] - shift[i];
+          const A t = r[i] * (gu[j * kTile + i] - q[i] * rd * inv_div);
+          gu[j * kTile + i] = t;
+          tsum[i] += t;
+        }
+      for (long i = 0; i < w; ++i) tsum[i] /= static_cast<A>(c);
+      for (long j = 0; j < c; ++j)
+        for (long i = 0; i < w; ++i) {
+          const long k = base + j * inner + i;
+          A g = gu[j * kTile + i] - tsum[i];
+          if (gy) g += static_cast<A>(load(gy, k)) * a[j * kTile + i];
+          store(gx, k, g);
+        }
+    }
+  }
+#pragma omp critical
+  for (long k = 0; k < H * inner; ++k) {
+    gP[k] += pP[k], gC[k] += pC[k], gR[k] += pR[k];
+    if (gF) gF[k] += pF[k];
+  }
+  }
+}
+
+}  // namespace
+
+#define DAAM_EXPORT(NAME, S, A)                                                                                    \
+  extern "C" void daam_forward_##NAME(const void* x, void* y, void* a, const void* P, const void* C, const void* R, \
+                                      const void* F, long outer, long H, long c, long inner, int softmax,          \
+                                      double eps, double divisor, int threads) {                                   \
+    forward<S, A>(static_cast<const S*>(x), static_cast<S*>(y), static_cast<A*>(a), static_cast<const A*>(P),     \
+                  static_cast<const A*>(C), static_cast<const A*>(R), static_cast<const A*>(F), outer, H, c, inner, \
+                  softmax, eps, divisor, threads);                                                                 \
+  }                                                                                                                \
+  extern "C" void daam_backward_##NAME(const void* x, const void* gy, const void* ga, const void* P, const void* C, \
+                                       const void* R, const void* F, void* gx, void* gP, void* gC, void* gR,       \
+                                       void* gF, long outer, long H, long c, long inner, int softmax, double eps,  \
+                                       double divisor, int threads) {                                              \
+    backward<S, A>(static_cast<const S*>(x), static_cast<const S*>(gy), static_cast<const A*>(ga),                 \
+                   static_cast<const A*>(P), static_cast<const A*>(C), static_cast<const A*>(R),                   \
+                   static_cast<const A*>(F), static_cast<S*>(gx), static_cast<A*>(gP), static_cast<A*>(gC),        \
+                   static_cast<A*>(gR), static_cast<A*>(gF), outer, H, c, inner, softmax, eps, divisor, threads);  \
+  }
+
+DAAM_EXPORT(f32, float, float)
+DAAM_EXPORT(f64, double, double)
+DAAM_EXPORT(bf16, uint16_t, float)
