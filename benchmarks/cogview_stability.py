@@ -85,10 +85,10 @@ def batch(data: torch.Tensor, size: int, seq_len: int, g: torch.Generator):
     return target.masked_fill(masked, MASK_ID), target, masked
 
 
-def train(config: str, dtype: torch.dtype, seed: int, args, data: torch.Tensor) -> dict:
+def train(config: str, dtype: torch.dtype, lr: float, seed: int, args, data: torch.Tensor) -> dict:
     torch.manual_seed(seed)  # parameter initialisation (script-level, one process per grid cell order)
     model = ByteMLM(args.d_model, args.depth, args.seq_len, **CONFIGS[config])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     scaler = torch.amp.GradScaler("cpu", enabled=dtype == torch.float16)
     g = torch.Generator().manual_seed(1000 + seed)
     losses, start = [], time.perf_counter()
@@ -109,6 +109,7 @@ def train(config: str, dtype: torch.dtype, seed: int, args, data: torch.Tensor) 
     return {
         "config": config,
         "dtype": str(dtype).removeprefix("torch."),
+        "lr": lr,
         "seed": seed,
         "steps_run": len(losses),
         "first_loss": losses[0],
@@ -126,25 +127,25 @@ def write_markdown(result: dict) -> str:
         "## CogView stabilisers in miniature: deep byte-level masked LM on fortunes",
         "",
         f"d_model {a['d_model']}, {a['depth']} layers, 4 heads, sequence {a['seq_len']}, batch {a['batch']}, "
-        f"{a['steps']} AdamW steps at lr {a['lr']:g} (no warm-up, no clipping), seeds {a['seeds']}; CPU autocast; "
+        f"{a['steps']} AdamW steps (no warm-up, no clipping), seeds {a['seeds']}; CPU autocast; "
         f"{result['threads']} threads; load average before/after {result['load_before']} / {result['load_after']}. "
         "Diverged = a NaN/inf loss or a final loss (mean of the last 10 steps) above the first step's "
         f"(first loss ≈ ln 256 = {math.log(256):.2f}).",
         "",
-        "| precision | layers | diverged | final loss per seed | mean final loss | s / run |",
-        "|---|---|---|---|---|---|",
+        "| precision | lr | layers | diverged | final loss per seed | mean final loss | s / run |",
+        "|---|---|---|---|---|---|---|",
     ]
-    groups: dict[tuple[str, str], list[dict]] = {}
+    groups: dict[tuple[str, float, str], list[dict]] = {}
     for run in result["runs"]:
-        groups.setdefault((run["dtype"], run["config"]), []).append(run)
-    for (dtype, config), runs in groups.items():
+        groups.setdefault((run["dtype"], run["lr"], run["config"]), []).append(run)
+    for (dtype, lr, config), runs in groups.items():
         finals = [r["final_loss"] for r in runs]
         shown = ", ".join("NaN" if f is None else f"{f:.3f}" for f in finals)
         ok = [f for f in finals if f is not None]
         mean = f"{statistics.fmean(ok):.3f}" if ok else "—"
         seconds = statistics.fmean(r["seconds"] for r in runs)
         diverged = sum(r["diverged"] for r in runs)
-        lines.append(f"| {dtype} | {config} | {diverged} / {len(runs)} | {shown} | {mean} | {seconds:.0f} |")
+        lines.append(f"| {dtype} | {lr:g} | {config} | {diverged} / {len(runs)} | {shown} | {mean} | {seconds:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -156,7 +157,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-2, 1e-1])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
         "--dtypes", nargs="+", default=["bfloat16"], help="float16 too where the CPU has AVX512-FP16 (else ~10x slower)"
@@ -170,12 +171,21 @@ def main() -> None:
     load_before = [round(x, 2) for x in os.getloadavg()]
     runs = []
     for dtype_name in args.dtypes:
-        for config in CONFIGS:
-            for seed in args.seeds:
-                run = train(config, getattr(torch, dtype_name), seed, args, data)
-                runs.append(run)
-                summary = (config, dtype_name, seed, run["final_loss"], run["diverged"], f"{run['seconds']:.0f}s")
-                print(*summary, flush=True)
+        for lr in args.lrs:
+            for config in CONFIGS:
+                for seed in args.seeds:
+                    run = train(config, getattr(torch, dtype_name), lr, seed, args, data)
+                    runs.append(run)
+                    summary = (
+                        config,
+                        dtype_name,
+                        lr,
+                        seed,
+                        run["final_loss"],
+                        run["diverged"],
+                        f"{run['seconds']:.0f}s",
+                    )
+                    print(*summary, flush=True)
     result = {
         "args": vars(args),
         "bytes_of_text": data.numel(),
