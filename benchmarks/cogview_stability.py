@@ -155,13 +155,14 @@ def main() -> None:
     parser.add_argument("--d-model", type=int, default=64)
     parser.add_argument("--depth", type=int, default=24)
     parser.add_argument("--seq-len", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-2, 1e-1])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--lrs", type=float, nargs="+", default=[3e-2, 1e-1])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
         "--dtypes", nargs="+", default=["bfloat16"], help="float16 too where the CPU has AVX512-FP16 (else ~10x slower)"
     )
+    parser.add_argument("--name", default="cogview_stability", help="results file stem")
     parser.add_argument("--threads", type=int, default=1, help="1 is fastest for these tiny matmuls on a busy CPU")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -198,9 +199,9 @@ def main() -> None:
     }
     out = Path(tempfile.gettempdir()) if args.quick else RESULTS
     out.mkdir(parents=True, exist_ok=True)
-    (out / "cogview_stability.json").write_text(json.dumps(result, indent=1))
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
     markdown = write_markdown(result)
-    (out / "cogview_stability.md").write_text(markdown)
+    (out / f"{args.name}.md").write_text(markdown)
     print(markdown)
 
 
