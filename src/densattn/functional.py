@@ -391,4 +391,5 @@ def _fast_path(
         return None
     return y.flatten(nd, nd + 1).to(x.dtype), a.flatten(nd, nd + 1)
 
+
 from densattn.attention.pb_relax import pb_relax_attention  # noqa: E402, F401  (CogView PB-relax, re-exported)
