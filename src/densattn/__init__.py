@@ -66,6 +66,11 @@ _LAZY = {
     # attention registry
     "create_attention": "densattn.attention.registry",
     "list_attention": "densattn.attention.registry",
+    # one transformer layer for every token mixer (CogView Sandwich-LN / PB-relax)
+    "TransformerEncoderLayer": "densattn.layers",
+    "TransformerEncoder": "densattn.layers",
+    "PBRelaxLayerNorm": "densattn.layers",
+    "pb_relax_attention": "densattn.attention.pb_relax",
 }
 
 

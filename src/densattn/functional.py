@@ -370,3 +370,6 @@ def _package_floor(s: Tensor, eps: float) -> Tensor | None:
     if eps <= 0:
         return None
     return math.log(eps) + 0.5 * torch.log(2 * math.pi * s).sum(-1)
+
+
+from densattn.attention.pb_relax import pb_relax_attention  # noqa: E402, F401  (CogView PB-relax, re-exported)

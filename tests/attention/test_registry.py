@@ -1,4 +1,8 @@
-"""Every registered attention builds from the registry and runs a forward pass on CPU."""
+"""Every registered feature gate, fusion module and layer builds from the registry and runs a forward pass on CPU.
+
+Token mixers have their own matrix in ``test_mixers.py``; ``daam``/``gqdaam`` below resolve to the feature gates
+because ``num_features`` is given.
+"""
 
 import pytest
 import torch
@@ -35,7 +39,8 @@ SMALL = {
 
 
 def test_registry_covers_the_table():
-    assert set(SMALL) == set(list_attention())
+    other = {n for kind in ("feature_gate", "fusion", "layer") for n in list_attention(kind=kind)}
+    assert set(SMALL) == other | {"quaternion_shared", "quaternion_hamilton", "clustered", "improved_clustered"}
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))

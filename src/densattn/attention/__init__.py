@@ -16,7 +16,17 @@ from densattn.attention.density import (
     suggest_num_heads,
 )
 from densattn.attention.gqa import GroupedQueryDensityAttention
+from densattn.attention.mixers import (
+    ClusteredMixer,
+    DensityTokenMixer,
+    GroupedQueryDensityMixer,
+    ImprovedClusteredMixer,
+    PBRelaxAttention,
+    QuaternionMixer,
+    SoftmaxAttention,
+)
 from densattn.attention.multilinear import MultiLinearAttention
+from densattn.attention.pb_relax import pb_relax_attention
 from densattn.attention.quaternion import (
     QuaternionFeedForward,
     QuaternionSelfAttention,
@@ -27,6 +37,14 @@ from densattn.attention.quaternion import (
 from densattn.attention.quaternion_linear import QuaternionLinear, QuaternionRMSNorm, hamilton_matrix
 
 __all__ = [
+    "ClusteredMixer",
+    "DensityTokenMixer",
+    "GroupedQueryDensityMixer",
+    "ImprovedClusteredMixer",
+    "PBRelaxAttention",
+    "QuaternionMixer",
+    "SoftmaxAttention",
+    "pb_relax_attention",
     "PRESETS",
     "BilinearAttention",
     "BilinearAttentionNetwork",

@@ -17,6 +17,9 @@ import torch
 MAX_BITS = 63
 """Largest number of hash bits that still packs into one (signed) int64 code."""
 
+_NEAREST_CHUNK = 2048
+"""Codes per block of the matmul nearest-centroid search (bounds its (chunk, C) table)."""
+
 _POPCOUNT16: dict[torch.device, torch.Tensor] = {}
 
 
@@ -114,9 +117,15 @@ def _nearest(
         nearest, index = distance.min(-1)
         return nearest.float(), index
     # With +-1 signs, s_x . s_c = L - 2 d(x, c) exactly (small integers in float32): the largest dot product
-    # is the nearest centroid. Ties go to the lowest index in both methods.
-    dots = torch.matmul(signs, centroid_signs.transpose(-1, -2))  # (B, H, N, C)
-    best, index = dots.max(-1)
+    # is the nearest centroid. Ties go to the lowest index in both methods. Codes go through in chunks so the
+    # (N, C) table is never held whole.
+    best, index = [], []
+    for chunk in signs.split(_NEAREST_CHUNK, dim=-2):
+        dots = torch.matmul(chunk, centroid_signs.transpose(-1, -2))  # (B, H, chunk, C)
+        b, i = dots.max(-1)
+        best.append(b)
+        index.append(i)
+    best, index = torch.cat(best, -1), torch.cat(index, -1)
     return (bits - best) * 0.5, index
 
 

@@ -28,8 +28,8 @@ __all__ = [
     "improved_clustered_attention",
 ]
 
-_MAX_BLOCK = 32
-"""Improved variant: a cluster's queries go through in blocks of at most this many rows."""
+_CLUSTER_CHUNK = 4
+"""Improved variant: clusters processed together (bounds its working memory; see improved_clustered_attention)."""
 
 
 def cluster_queries(
@@ -44,7 +44,8 @@ def cluster_queries(
     """Cluster queries ``(B, H, N, E)`` into ``min(clusters, N)`` groups; returns int64 ids ``(B, H, N)``.
 
     SimHash with a bias term (``bits`` random planes with random offsets inside the data range), then
-    ``iterations`` Lloyd iterations of k-means in Hamming space. Non-differentiable.
+    ``iterations`` Lloyd iterations of k-means in Hamming space, one (batch item, head) at a time.
+    Non-differentiable.
 
     Example:
         >>> ids = cluster_queries(torch.randn(1, 2, 50, 8), clusters=4)
@@ -55,16 +56,18 @@ def cluster_queries(
         raise ValueError(f"clusters must be >= 1, got {clusters}")
     if not 1 <= bits <= MAX_BITS:
         raise ValueError(f"bits must be in [1, {MAX_BITS}], got {bits}")
-    with torch.no_grad():
-        codes = simhash(q.detach(), bits=bits, valid=query_mask, generator=generator)  # (B, H, N)
-        return hamming_kmeans(
-            codes,
-            bits=bits,
-            clusters=min(clusters, q.shape[2]),
-            iterations=iterations,
-            valid=query_mask,
-            generator=generator,
-        )
+    batch, heads, n, _ = q.shape
+    assignment = torch.empty(batch, heads, n, dtype=torch.int64, device=q.device)
+    with torch.no_grad():  # one head at a time: hashing and k-means memory is O(N * (bits + C)), not B * H times that
+        for b in range(batch):
+            valid = None if query_mask is None else query_mask[b : b + 1]
+            for h in range(heads):
+                codes = simhash(q[b : b + 1, h : h + 1].detach(), bits=bits, valid=valid, generator=generator)
+                assignment[b, h] = hamming_kmeans(
+                    codes, bits=bits, clusters=min(clusters, n), iterations=iterations, valid=valid,
+                    generator=generator,
+                )[0, 0]  # fmt: skip
+    return assignment
 
 
 def _prepare(q, k, v, clusters, assignment, bits, iterations, key_mask, query_mask, softmax_scale, generator):
@@ -139,13 +142,6 @@ def _centroid_attention(q, k, assignment, num_clusters, scale, key_bias, query_m
     if key_bias is not None:
         scores = scores + key_bias
     return torch.softmax(scores, dim=-1)
-
-
-def _gather_keys(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Rows ``index (B, H, C, k)`` of ``x (B, H, S, D)`` -> ``(B, H, C, k, D)``."""
-    batch, heads, clusters, top = index.shape
-    flat = index.reshape(batch, heads, clusters * top, 1).expand(-1, -1, -1, x.shape[-1])
-    return x.gather(2, flat).view(batch, heads, clusters, top, x.shape[-1])
 
 
 def _per_query(values: torch.Tensor, assignment: torch.Tensor) -> torch.Tensor:
@@ -229,7 +225,9 @@ def improved_clustered_attention(
     ``A_i[j] = m_c * exp(s_ij) / sum_{l in T_c} exp(s_il)`` for ``j in T_c`` (``s_ij = scale * q_i . k_j``)
     and ``A_i[j] = A_c[j]`` elsewhere; each row sums to 1 and its L1 error is never above clustered
     attention's (paper, Proposition 2). Computed as ``out_i = m_c * softmax(s_i[T_c]) V[T_c] + (A_c V -
-    A_c[T_c] V[T_c])``, in query chunks: memory ``O(N * k + C * S)``, never ``N * S`` unless ``need_weights``.
+    A_c[T_c] V[T_c])`` one head and a few clusters at a time, so the working memory beyond the output is
+    ``O(P * S + n_P * P * k)`` for ``P`` clusters holding ``n_P`` queries (never ``C * S`` or ``N * S`` unless
+    ``need_weights``).
 
     Args:
         topk: keys recomputed exactly per cluster (capped at ``S``; ``topk >= S`` gives exact attention).
@@ -251,54 +249,61 @@ def improved_clustered_attention(
     batch, heads, n, dim = q.shape
     s, value_dim = k.shape[2], v.shape[-1]
     top = min(topk, s)
-    attention = _centroid_attention(q, k, assignment, num_clusters, scale, key_bias, query_mask)  # (B, H, C, S)
-    top_index = attention.detach().topk(top, dim=-1).indices  # (B, H, C, k)
-    top_weight = attention.gather(-1, top_index)  # (B, H, C, k)
-    mass = top_weight.sum(-1, keepdim=True)  # (B, H, C, 1)
-    top_keys = _gather_keys(k, top_index)  # (B, H, C, k, E)
-    top_values = _gather_keys(v, top_index)  # (B, H, C, k, Ev)
-    # Centroid output minus the part carried by the top-k keys: what every member keeps from A_c.
-    residual = torch.matmul(attention, v) - torch.matmul(top_weight.unsqueeze(-2), top_values).squeeze(-2)
-    top_bias = None
-    if key_bias is not None:
-        top_bias = key_bias.expand(-1, heads, num_clusters, -1).gather(-1, top_index)  # (B, H, C, k)
+    out = q.new_empty(batch, heads, n, value_dim)
+    weights = q.new_zeros(batch, heads, n, s) if need_weights else None
+    for b in range(batch):
+        bias = None if key_bias is None else key_bias[b, 0, 0]  # (S,)
+        valid = None if query_mask is None else query_mask[b]
+        for h in range(heads):
+            _improved_head(  # writes straight into out[b, h] (and weights[b, h]): no per-head copy
+                q[b, h], k[b, h], v[b, h], assignment[b, h], num_clusters, top, scale, bias, valid,
+                out[b, h], None if weights is None else weights[b, h],
+            )  # fmt: skip
+    return (out, weights) if need_weights else out
 
-    # Sort queries by (batch, head, cluster) and cut every cluster into blocks of P queries, so that the exact
-    # top-k scores are one batched matmul per block: (blocks, P, E) @ (blocks, E, k). P ~ N / C bounds the
-    # padding by about N rows per head.
-    block = max(1, min(_MAX_BLOCK, n // num_clusters))
-    groups = batch * heads * num_clusters
-    cluster_id = assignment + torch.arange(batch * heads, device=q.device).view(batch, heads, 1) * num_clusters
-    cluster_id = cluster_id.reshape(-1)  # (B*H*N,) global cluster of every query
-    order = cluster_id.argsort(stable=True)  # queries grouped by cluster
-    counts = torch.bincount(cluster_id, minlength=groups)  # (G,)
-    starts = counts.cumsum(0) - counts
-    blocks_per_cluster = (counts + block - 1) // block
-    block_starts = blocks_per_cluster.cumsum(0) - blocks_per_cluster
-    num_blocks = int(blocks_per_cluster.sum())
-    sorted_cluster = cluster_id[order]
-    rank = torch.arange(order.numel(), device=q.device) - starts[sorted_cluster]  # position inside its cluster
-    slot = block_starts[sorted_cluster] * block + rank  # (B*H*N,) row in the padded block layout
-    block_cluster = torch.repeat_interleave(torch.arange(groups, device=q.device), blocks_per_cluster)
 
-    queries = q.reshape(-1, dim)[order]  # (B*H*N, E) sorted
-    padded = queries.new_zeros(num_blocks * block, dim).index_copy(0, slot, queries)
-    padded = padded.view(num_blocks, block, dim)  # (blocks, P, E)
-    scores = torch.matmul(padded, top_keys.reshape(groups, top, dim)[block_cluster].transpose(-1, -2)) * scale
-    if top_bias is not None:
-        scores = scores + top_bias.reshape(groups, 1, top)[block_cluster]  # (blocks, P, k)
-    probabilities = torch.softmax(scores, dim=-1) * mass.reshape(groups, 1, 1)[block_cluster]  # (blocks, P, k)
-    exact = torch.matmul(probabilities, top_values.reshape(groups, top, value_dim)[block_cluster])
-    exact = exact + residual.reshape(groups, 1, value_dim)[block_cluster]  # (blocks, P, Ev)
-    inverse = order.argsort()  # sorted position of every query
-    rows = slot[inverse]  # (B*H*N,) padded row of every query, in the original order
-    out = exact.reshape(-1, value_dim)[rows].view(batch, heads, n, value_dim)  # (B, H, N, Ev)
-    if not need_weights:
-        return out
-    weights = _per_query(attention, assignment)  # (B, H, N, S)
-    exact_weights = probabilities.reshape(-1, top)[rows].view(batch, heads, n, top)
-    weights = weights.scatter(-1, _per_query(top_index, assignment), exact_weights)
-    return out, weights
+def _improved_head(q, k, v, assignment, num_clusters, top, scale, bias, valid, out, weights) -> None:
+    """Improved clustered attention of one head, ``_CLUSTER_CHUNK`` clusters at a time.
+
+    q ``(N, E)``, k ``(S, E)``, v ``(S, Ev)``, assignment ``(N,)``; fills ``out (N, Ev)`` and, when given,
+    ``weights (N, S)``. Working memory per chunk: ``P * S`` centroid scores and ``n_P * P * k`` exact scores for
+    the ``n_P`` queries of its ``P`` clusters; the ``(C, S)`` centroid map and any ``(N, k, E)`` gather are never
+    formed.
+    """
+    dim = q.shape[-1]
+    # Centroids: mean of the valid member queries (invalid ones are sent to an extra, dropped row).
+    target = assignment if valid is None else torch.where(valid, assignment, num_clusters)
+    sums = q.new_zeros(num_clusters + 1, dim).index_add(0, target, q)[:num_clusters]  # (C, E)
+    counts = torch.bincount(target, minlength=num_clusters + 1)[:num_clusters].clamp_min(1)
+    centroids = sums / counts.unsqueeze(-1).to(q.dtype)
+    order = assignment.argsort(stable=True)  # queries grouped by cluster
+    bounds = torch.bincount(assignment, minlength=num_clusters).cumsum(0).tolist()
+    for c0 in range(0, num_clusters, _CLUSTER_CHUNK):
+        c1 = min(c0 + _CLUSTER_CHUNK, num_clusters)
+        members = order[(bounds[c0 - 1] if c0 else 0) : bounds[c1 - 1]]  # (n_P,) queries of clusters c0..c1-1
+        if members.numel() == 0:
+            continue
+        p = c1 - c0
+        scores = torch.matmul(centroids[c0:c1], k.transpose(0, 1)) * scale  # (P, S)
+        if bias is not None:
+            scores = scores + bias
+        attention = torch.softmax(scores, dim=-1)  # A_c
+        top_index = attention.detach().topk(top, dim=-1).indices  # (P, k)
+        top_weight = attention.gather(-1, top_index)  # (P, k)
+        mass = top_weight.sum(-1, keepdim=True)  # (P, 1)
+        top_keys, top_values = k[top_index.reshape(-1)], v[top_index.reshape(-1)]  # (P*k, E), (P*k, Ev)
+        # What every member keeps from A_c: the centroid output minus the part carried by its top-k keys.
+        residual = attention @ v - (top_weight.unsqueeze(1) @ top_values.view(p, top, -1)).squeeze(1)  # (P, Ev)
+        local = assignment[members] - c0  # (n_P,) cluster of each member within the chunk
+        own = local.unsqueeze(-1) * top + torch.arange(top, device=q.device)  # (n_P, k) its columns in P*k
+        exact = torch.matmul(q[members], top_keys.transpose(0, 1)).gather(-1, own) * scale  # (n_P, k)
+        if bias is not None:
+            exact = exact + bias[top_index.reshape(-1)][own]
+        probabilities = torch.softmax(exact, dim=-1) * mass[local]  # (n_P, k)
+        spread = q.new_zeros(members.numel(), p * top).scatter(-1, own, probabilities)  # (n_P, P*k)
+        out[members] = spread @ top_values + residual[local]
+        if weights is not None:
+            weights[members] = attention[local].scatter(-1, top_index[local], probabilities)  # (n_P, S)
 
 
 class _ClusteredSelfAttentionBase(nn.Module):
