@@ -39,24 +39,29 @@ REFERENCE = "lora_r8"
 
 
 def make_tasks(args) -> list[tuple[Any, int]]:
-    """``[(task, folds)]``: the text task and, unless ``--no-speech``, the reduced speech task."""
+    """``[(task, folds)]``: the text task and the reduced speech task (those in ``--modalities``)."""
     from densattn.experiments.tasks import Task
 
-    tasks = [
-        (
-            Task(
-                "fortunes-800",
-                "text",
-                "minilm",
-                "fortunes",
-                max_samples=800,
-                encoder_options={"max_length": 64},
-                note="Debian fortunes, 4 topics, 800 examples; MiniLM-L6 (7 layers x 384), first 64 tokens",
-            ),
-            args.text_folds,
+    tasks = []
+    modalities = {m.strip() for m in args.modalities.split(",") if m.strip()}
+    if modalities - {"text", "speech"}:
+        raise ValueError(f"--modalities: choose from text,speech, got {args.modalities!r}")
+    if "text" in modalities:
+        tasks.append(
+            (
+                Task(
+                    "fortunes-800",
+                    "text",
+                    "minilm",
+                    "fortunes",
+                    max_samples=800,
+                    encoder_options={"max_length": 64},
+                    note="Debian fortunes, 4 topics, 800 examples; MiniLM-L6 (7 layers x 384), first 64 tokens",
+                ),
+                args.text_folds,
+            )
         )
-    ]
-    if not args.no_speech:
+    if "speech" in modalities:
         tasks.append(
             (
                 Task(
@@ -182,8 +187,8 @@ def main(argv=None) -> int:
     p.add_argument("--text-folds", type=int, default=5)
     p.add_argument("--speech-samples", type=int, default=160)
     p.add_argument("--speech-seconds", type=int, default=3)
-    p.add_argument("--speech-folds", type=int, default=5)
-    p.add_argument("--no-speech", action="store_true")
+    p.add_argument("--speech-folds", type=int, default=3)
+    p.add_argument("--modalities", default="text,speech", help="comma-separated subset of text,speech")
     p.add_argument("--report-only", action="store_true", help="summarise finished cells, train nothing")
     p.add_argument("--cache-dir", default=None)
     args = p.parse_args(argv)
