@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
-METHODS = ["daam", "lora_r8", "ia3", "daam_peft"]
+#: run order: the end-to-end cells first (the longest), daam_peft first of them
+METHODS = ["daam_peft", "lora_r8", "ia3", "daam"]
 REFERENCE = "lora_r8"
 
 
