@@ -72,7 +72,9 @@ def make_tasks(args) -> list[tuple[Any, int]]:
                     "fillets-cs",
                     max_samples=args.speech_samples,
                     encoder_options={"window_seconds": args.speech_seconds},
-                    note=f"Fish Fillets NG Czech voices, which character speaks, {args.speech_samples} clips; "
+                    data_options={"min_clips": args.speech_min_clips},
+                    note=f"Fish Fillets NG Czech voices, which character speaks (the {args.speech_min_clips}+ clip "
+                    f"characters), {args.speech_samples} clips; "
                     f"Whisper tiny.en encoder (5 x 384), first {args.speech_seconds} s of each clip",
                 ),
                 args.speech_folds,
@@ -189,6 +191,9 @@ def main(argv=None) -> int:
     p.add_argument("--speech-samples", type=int, default=160)
     p.add_argument("--speech-seconds", type=int, default=3)
     p.add_argument("--speech-folds", type=int, default=3)
+    p.add_argument(
+        "--speech-min-clips", type=int, default=35, help="characters with at least this many clips (5 of them)"
+    )
     p.add_argument("--modalities", default="text,speech", help="comma-separated subset of text,speech")
     p.add_argument("--report-only", action="store_true", help="summarise finished cells, train nothing")
     p.add_argument("--cache-dir", default=None)
@@ -219,7 +224,12 @@ def main(argv=None) -> int:
         "seed": 0,
         "workers": args.workers,
         "methods": {m: BENCHMARK_METHODS[m].record() for m in METHODS},
-        "speech": {"samples": args.speech_samples, "window_seconds": args.speech_seconds, "folds": args.speech_folds},
+        "speech": {
+            "samples": args.speech_samples,
+            "window_seconds": args.speech_seconds,
+            "folds": args.speech_folds,
+            "min_clips": args.speech_min_clips,
+        },
         "load_before": list(load_before),
         "load_after": list(os.getloadavg()),
         "wall_seconds": time.perf_counter() - t0,
