@@ -195,6 +195,12 @@ def main(argv=None) -> int:
         "--speech-min-clips", type=int, default=35, help="characters with at least this many clips (5 of them)"
     )
     p.add_argument("--modalities", default="text,speech", help="comma-separated subset of text,speech")
+    p.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help="comma-separated methods to train in this process (several processes may share --out; then "
+        "--report-only summarises every method)",
+    )
     p.add_argument("--report-only", action="store_true", help="summarise finished cells, train nothing")
     p.add_argument("--cache-dir", default=None)
     args = p.parse_args(argv)
@@ -213,8 +219,11 @@ def main(argv=None) -> int:
         if args.report_only:
             results = collect_finished([task], METHODS, [0], Path(args.out), folds)
         else:
+            chosen = [m.strip() for m in args.methods.split(",") if m.strip()]
+            if set(chosen) - set(METHODS):
+                raise ValueError(f"--methods: choose from {','.join(METHODS)}, got {args.methods!r}")
             results = run_benchmark(
-                [task], METHODS, [0], args.out, folds=folds, workers=args.workers, cache_dir=args.cache_dir,
+                [task], chosen, [0], args.out, folds=folds, workers=args.workers, cache_dir=args.cache_dir,
                 progress=False,
             )  # fmt: skip
         runs = {m: results[task.name][m][0] for m in METHODS if m in results.get(task.name, {})}
