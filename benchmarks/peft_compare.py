@@ -188,8 +188,8 @@ def main(argv=None) -> int:
     p.add_argument("--results", default=str(RESULTS), help="where peft_compare.{json,md} go")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--text-folds", type=int, default=5)
-    p.add_argument("--speech-samples", type=int, default=160)
-    p.add_argument("--speech-seconds", type=int, default=3)
+    p.add_argument("--speech-samples", type=int, default=120)
+    p.add_argument("--speech-seconds", type=int, default=2)
     p.add_argument("--speech-folds", type=int, default=3)
     p.add_argument(
         "--speech-min-clips", type=int, default=35, help="characters with at least this many clips (5 of them)"
