@@ -108,6 +108,7 @@ def summarize(task, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "trainable_params": m["trainable_params"],
             "trainable_params_without_classifier": m["trainable_params_without_classifier"],
             "seconds_per_epoch": m["seconds_per_epoch"],
+            "train_seconds": sum(f["train_seconds"] for f in folds),
             "chosen_lr": [f.get("chosen", {}).get("lr") for f in folds],
             "fold_accuracy": [f["accuracy"] for f in folds],
             "fold_macro_f1": [f["macro_f1"] for f in folds],
@@ -138,30 +139,31 @@ def render(doc: dict[str, Any]) -> str:
         "# DAAM inside the model vs LoRA and IA3 (`benchmarks/peft_compare.py`)",
         "",
         f"Seed {s['seed']}, stratified k-fold, validation carved from each training fold; every method searches two "
-        "learning rates, chosen per fold on validation "
-        + "; ".join(f"{m}: {v['search']['lr']}" for m, v in s["methods"].items())
-        + f". End-to-end methods: at most {s['methods']['lora_r8']['train']['epochs']} epochs, batch "
+        "learning rates, chosen per fold on validation ("
+        + "; ".join(f"{m}: {', '.join(f'{lr:g}' for lr in v['search']['lr'])}" for m, v in s["methods"].items())
+        + f"). End-to-end methods: at most {s['methods']['lora_r8']['train']['epochs']} epochs, batch "
         f"{s['methods']['lora_r8']['train']['batch_size']}; the daam head at most "
         f"{s['methods']['daam']['train']['epochs']} epochs on cached features. Accuracy and macro-F1: mean ± std over "
-        "folds. s / epoch: training seconds over every epoch of the search, one thread per run, "
-        f"{s['workers']} runs in parallel on a {os.cpu_count()}-core CPU shared with other jobs "
-        f"(load average {s['load_before'][0]:.1f} before, {s['load_after'][0]:.1f} after): compare rows, not "
-        f"absolute times. Wall time {s['wall_seconds'] / 60:.0f} min.",
+        "folds. s / epoch: training seconds over every epoch of the search (both candidates), one torch thread per "
+        f"run, on a {s['cpu_count']}-core CPU shared with other jobs ({s['load']}): compare rows, not absolute "
+        "times; training minutes: the whole search, all folds.",
     ]
     for name, t in doc["tasks"].items():
         lines += [
             "",
             f"## {name}: {t['task']['note']} ({t['folds']} folds)",
             "",
-            "| method | accuracy | macro-F1 | trainable params | without classifier | s / epoch | lr chosen per fold |",
-            "|---|---:|---:|---:|---:|---:|---|",
+            "| method | accuracy | macro-F1 | trainable params | without classifier | s / epoch | training min "
+            "| lr chosen per fold |",
+            "|---|---:|---:|---:|---:|---:|---:|---|",
         ]
         for m, r in sorted(t["methods"].items(), key=lambda kv: -kv[1]["accuracy_mean"]):
             lrs = ", ".join(f"{lr:g}" for lr in r["chosen_lr"])
             lines.append(
                 f"| {m} | {r['accuracy_mean']:.3f} ± {r['accuracy_std']:.3f} | "
                 f"{r['macro_f1_mean']:.3f} ± {r['macro_f1_std']:.3f} | {r['trainable_params']:,} | "
-                f"{r['trainable_params_without_classifier']:,} | {r['seconds_per_epoch']:.2f} | {lrs} |"
+                f"{r['trainable_params_without_classifier']:,} | {r['seconds_per_epoch']:.2f} | "
+                f"{r['train_seconds'] / 60:.1f} | {lrs} |"
             )
         paired = t[f"paired_vs_{REFERENCE}"]
         if paired:
@@ -203,6 +205,9 @@ def main(argv=None) -> int:
     )
     p.add_argument("--report-only", action="store_true", help="summarise finished cells, train nothing")
     p.add_argument("--cache-dir", default=None)
+    p.add_argument(
+        "--load-note", default=None, help="how loaded the machine was while the cells trained (with --report-only)"
+    )
     args = p.parse_args(argv)
 
     import torch
@@ -247,11 +252,12 @@ def main(argv=None) -> int:
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
     }
+    load = doc["settings"]
+    load["load"] = args.load_note or (
+        f"load average {load['load_before'][0]:.1f} before, {load['load_after'][0]:.1f} after; wall time "
+        f"{load['wall_seconds'] / 60:.0f} min"
+    )
     results_dir = Path(args.results)
-    previous = results_dir / "peft_compare.json"
-    if args.report_only and previous.exists():  # keep the timing of the run that trained the cells
-        old = json.loads(previous.read_text())["settings"]
-        doc["settings"].update({k: old[k] for k in ("load_before", "load_after", "wall_seconds") if k in old})
     atomic_write_json(results_dir / "peft_compare.json", doc)
     atomic_write_text(results_dir / "peft_compare.md", render(doc))
     print(json.dumps({k: {m: round(r["accuracy_mean"], 3) for m, r in t["methods"].items()}
