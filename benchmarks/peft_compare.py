@@ -82,6 +82,37 @@ def enable_end_to_end_on_speech() -> None:
             register_method(dataclasses.replace(method, modalities=None), replace_existing=True)
 
 
+def partial_metrics(cell: Path) -> dict[str, Any] | None:
+    """The finished folds of an unfinished cell, summarised as ``metrics.json`` would be (``None``: no fold yet)."""
+    from densattn.io import read_json
+    from densattn.train.runner import summarize as summarize_folds
+
+    rows = [read_json(f) for f in sorted(cell.glob("folds/*/result.json"))]
+    rows = [r for r in rows if not r.get("failed")]
+    if not rows:
+        return None
+    classes = [str(i) for i in range(len(rows[0]["per_class_f1"]))]
+    return {**summarize_folds(rows, classes), "partial": True}
+
+
+def common_folds(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every run restricted to the folds all of them finished (paired statistics need the same folds)."""
+    from densattn.train.runner import summarize as summarize_folds
+
+    keep = set.intersection(*({f["fold"] for f in m["folds"] if not f.get("failed")} for m in runs.values()))
+    out = {}
+    for name, m in runs.items():
+        rows = [f for f in m["folds"] if f["fold"] in keep and not f.get("failed")]
+        if len(rows) == len(m["folds"]) and not m.get("partial"):
+            out[name] = m
+        else:
+            out[name] = {
+                **summarize_folds(rows, [str(i) for i in range(len(rows[0]["per_class_f1"]))]),
+                "partial": True,
+            }
+    return out
+
+
 def summarize(task, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Per method: means, stds, parameters, s/epoch, the lr chosen per fold; paired rows vs :data:`REFERENCE`."""
     from densattn.analysis.stats import compare_runs
@@ -103,6 +134,8 @@ def summarize(task, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "fold_macro_f1": [f["macro_f1"] for f in folds],
             "epochs_run": [f["epochs_run"] for f in folds],
             "best_epoch": [f["best_epoch"] for f in folds],
+            "folds": [f["fold"] for f in folds],
+            "partial": bool(m.get("partial")),
         }
     paired = []
     if REFERENCE in runs:
@@ -140,7 +173,7 @@ def render(doc: dict[str, Any]) -> str:
     for name, t in doc["tasks"].items():
         lines += [
             "",
-            f"## {name}: {t['task']['note']} ({t['folds']} folds)",
+            f"## {name}: {t['task']['note']} ({t['task']['max_samples']} examples, {t['folds']} folds)",
             "",
             "| method | accuracy | macro-F1 | trainable params | without classifier | s / epoch | training min "
             "| lr chosen per fold |",
@@ -148,8 +181,9 @@ def render(doc: dict[str, Any]) -> str:
         ]
         for m, r in sorted(t["methods"].items(), key=lambda kv: -kv[1]["accuracy_mean"]):
             lrs = ", ".join(f"{lr:g}" for lr in r["chosen_lr"])
+            shown = f"{m} (folds {', '.join(str(k) for k in r['folds'])} only)" if r["partial"] else m
             lines.append(
-                f"| {m} | {r['accuracy_mean']:.3f} ± {r['accuracy_std']:.3f} | "
+                f"| {shown} | {r['accuracy_mean']:.3f} ± {r['accuracy_std']:.3f} | "
                 f"{r['macro_f1_mean']:.3f} ± {r['macro_f1_std']:.3f} | {r['trainable_params']:,} | "
                 f"{r['trainable_params_without_classifier']:,} | {r['seconds_per_epoch']:.2f} | "
                 f"{r['train_seconds'] / 60:.1f} | {lrs} |"
@@ -193,6 +227,11 @@ def main(argv=None) -> int:
         "--report-only summarises every method)",
     )
     p.add_argument("--report-only", action="store_true", help="summarise finished cells, train nothing")
+    p.add_argument(
+        "--partial",
+        action="store_true",
+        help="with --report-only: include unfinished cells' finished folds, every method on the common folds",
+    )
     p.add_argument("--cache-dir", default=None)
     p.add_argument(
         "--load-note", default=None, help="how loaded the machine was while the cells trained (with --report-only)"
@@ -221,6 +260,12 @@ def main(argv=None) -> int:
                 progress=False,
             )  # fmt: skip
         runs = {m: results[task.name][m][0] for m in METHODS if m in results.get(task.name, {})}
+        if args.report_only and args.partial:  # unfinished cells: their finished folds
+            for m in METHODS:
+                cell = Path(args.out) / "runs" / task.name / m / "seed0"
+                if m not in runs and (partial := partial_metrics(cell)) is not None:
+                    runs[m] = partial
+            runs = common_folds(runs) if runs else runs
         if runs:
             doc["tasks"][task.name] = {"folds": folds, **summarize(task, runs)}
     doc["settings"] = {
