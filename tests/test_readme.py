@@ -15,3 +15,13 @@ def test_quick_example_runs(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert re.search(r"\['(politics|sports|work|computers)', '(politics|sports|work|computers)'\]", printed)
     assert (tmp_path / "runs" / "daam" / "adapter_model.safetensors").exists()
+
+
+def test_daam_inside_the_model_example_runs(tmp_path, monkeypatch, capsys):
+    block = re.search(r"## DAAM inside the model\n.*?```python\n(.*?)```", README.read_text(), re.S)
+    assert block, "README.md lost its densattn.peft example"
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block.group(1), "README densattn.peft example", "exec"), {})
+    printed = capsys.readouterr().out
+    assert "trainable params: 4,632 || all params: 22,717,848" in printed  # the count the comment in the block states
+    assert (tmp_path / "runs" / "daam_gates" / "adapter_config.json").exists()

@@ -173,6 +173,11 @@ def test_end_to_end_methods_apply_to_text_tasks_only(tmp_path):
     cells = bench.plan_cells([text, image], ["lora_r8", "daam"], [0, 1], tmp_path, 5)
     assert {(c.task.name, c.method) for c in cells} == {("t", "lora_r8"), ("t", "daam"), ("v", "daam")}
     assert cells[0].method == "lora_r8" and cells[1].method == "lora_r8"  # the longest cells first
+    cells = bench.plan_cells([text, image], ["daam_peft", "ia3"], [0], tmp_path, 5)
+    assert {(c.task.name, c.method) for c in cells} == {("t", "daam_peft"), ("t", "ia3")}
+    daam_peft = BENCHMARK_METHODS["daam_peft"]
+    assert (daam_peft.kind, daam_peft.tuner) == ("end_to_end", "daam_peft")
+    assert len(daam_peft.search["lr"]) == len(BENCHMARK_METHODS["lora_r8"].search["lr"]) == 2  # the same budget
 
 
 def test_cli_lists_and_validates(tmp_path, capsys, tiny_grid):

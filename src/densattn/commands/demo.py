@@ -18,7 +18,18 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="parallel training processes (default: up to 2)")
     p.add_argument("--sample-scale", type=float, default=1.0, help="scale the per-modality sample counts")
-    p.add_argument("--lora", default="text", help="modalities that get a LoRA r=8 row (comma-separated; '' for none)")
+    p.add_argument(
+        "--end-to-end",
+        "--lora",
+        dest="end_to_end",
+        default="text",
+        help="modalities that get the rows of encoders tuned end to end (comma-separated; '' for none; default text)",
+    )
+    p.add_argument(
+        "--end-to-end-methods",
+        default=None,
+        help="comma-separated subset of lora_r8,ia3,daam_peft (default: all three)",
+    )
     p.add_argument("--fresh", action="store_true", help="retrain every run (default: reuse finished identical runs)")
     p.add_argument("--no-explain", action="store_true", help="skip the Importance Factor of the daam heads")
     p.add_argument("--cache-dir", default=None, help="feature cache root (default ~/.cache/densattn/features)")
@@ -40,7 +51,8 @@ def run(args) -> int:
         cache_dir=args.cache_dir,
         workers=args.workers,
         sample_scale=args.sample_scale,
-        lora_modalities=[m.strip() for m in args.lora.split(",") if m.strip()],
+        end_to_end_modalities=[m.strip() for m in args.end_to_end.split(",") if m.strip()],
+        end_to_end_methods=[m.strip() for m in args.end_to_end_methods.split(",")] if args.end_to_end_methods else None,
         explain=not args.no_explain,
         fresh=args.fresh,
     )

@@ -15,8 +15,9 @@ with the corrected resampled t-interval (:func:`densattn.analysis.stats.compare_
 
 Adding a method: register it, then rerun the same command with the new name in ``--methods``; only its cells run::
 
-    register_method(BenchmarkMethod("daam_peft", kind="end_to_end", tuner="daam_peft", modalities=("text",),
-                                    search={"lr": [3e-3, 1e-2]}, train=E2E_TRAIN))
+    register_method(BenchmarkMethod("daam_peft_tokens", kind="end_to_end", tuner="daam_peft",
+                                    options={"norm_axis": "tokens"}, modalities=("text",),
+                                    search={"lr": [1e-2, 3e-2]}, train=E2E_TRAIN))
 """
 
 from __future__ import annotations
@@ -137,6 +138,16 @@ register_method(
         "ia3",
         kind="end_to_end",
         tuner="ia3",
+        search={"lr": [1e-2, 3e-2]},
+        train=E2E_TRAIN,
+        modalities=("text",),
+    )
+)
+register_method(
+    BenchmarkMethod(
+        "daam_peft",
+        kind="end_to_end",
+        tuner="daam_peft",
         search={"lr": [1e-2, 3e-2]},
         train=E2E_TRAIN,
         modalities=("text",),

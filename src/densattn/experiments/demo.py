@@ -31,7 +31,14 @@ class ModalitySpec:
 
 
 MODALITIES: dict[str, ModalitySpec] = {
-    "text": ModalitySpec("minilm", "fortunes", 800, "Debian fortunes, 4 topics; MiniLM-L6 (7 layers x 384)"),
+    # 64 tokens (as the benchmark's text tasks): the end-to-end rows run MiniLM forward and backward on every step
+    "text": ModalitySpec(
+        "minilm",
+        "fortunes",
+        800,
+        "Debian fortunes, 4 topics; MiniLM-L6 (7 layers x 384, first 64 tokens)",
+        encoder_options={"max_length": 64},
+    ),
     "vision": ModalitySpec(
         "efficientnet-lite0",
         "fashion-mnist",
@@ -90,8 +97,31 @@ def _resume_or_restart(run, out: str):
     return run(False)
 
 
-def _lora_job(modality: str, out: str, train_cfg: dict, folds: int, seed: int, max_samples: int, cache_dir, extra):
-    """LoRA r=8 (alpha 16) fine-tuning of the modality's encoder end to end, on the same examples and folds."""
+@dataclass(frozen=True)
+class EndToEndSpec:
+    """An encoder tuned end to end in the demo: the tuner (:mod:`densattn.adapters.tuners`), its options, and the
+    training settings that differ from the heads' (the encoder runs forward and backward every step)."""
+
+    tuner: str
+    options: dict[str, Any]
+    lr: float
+    note: str
+
+
+#: end-to-end rows (text by default): every one trains with :data:`END_TO_END_TRAIN` and its own learning rate
+END_TO_END: dict[str, EndToEndSpec] = {
+    "lora_r8": EndToEndSpec("lora", {"rank": 8, "alpha": 16.0}, 5e-4, "LoRA r=8, alpha 16 on query/value"),
+    "ia3": EndToEndSpec("ia3", {}, 1e-2, "IA3 on key/value/FFN output"),
+    "daam_peft": EndToEndSpec("daam_peft", {}, 1e-2, "DAAM gates on attention and FFN outputs (densattn.peft)"),
+}
+#: the same budget for every end-to-end row: 3 epochs (early stopping after 2 without improvement), batch 32
+END_TO_END_TRAIN = {"epochs": 3, "batch_size": 32, "early_stopping": 2}
+
+
+def _end_to_end_job(
+    name: str, modality: str, out: str, train_cfg: dict, folds: int, seed: int, max_samples: int, cache_dir, extra
+):
+    """Fine-tune the modality's encoder end to end with tuner ``name`` on the same examples and folds as the heads."""
     import torch
 
     from densattn.data.cache import cached_features
@@ -100,7 +130,7 @@ def _lora_job(modality: str, out: str, train_cfg: dict, folds: int, seed: int, m
     from densattn.train.end_to_end import run_end_to_end_experiment
 
     torch.set_num_threads(1)
-    spec = MODALITIES[modality]
+    spec, e2e = MODALITIES[modality], END_TO_END[name]
     dataset, encoder, info = load_task(
         spec.data, spec.encoder, data_options=spec.data_options, encoder_options=spec.encoder_options,
         max_samples=max_samples, seed=seed,
@@ -116,22 +146,18 @@ def _lora_job(modality: str, out: str, train_cfg: dict, folds: int, seed: int, m
             features.labels,
             features.classes,
             out=out,
-            method="lora",
-            tuner_options={"rank": 8, "alpha": 16.0},
-            train_config=TrainConfig(**{**train_cfg, **LORA_TRAIN}),
+            method=e2e.tuner,
+            tuner_options=e2e.options,
+            train_config=TrainConfig(**{**train_cfg, **END_TO_END_TRAIN, "lr": e2e.lr}),
             folds=folds,
             pooled_features=features.features[:, -1],
             encoder_info=info,
-            extra_config={**extra, "name": "lora_r8", "feature_cache": cache},
+            extra_config={**extra, "name": name, "feature_cache": cache},
             resume=resume,
         ),
         out,
     )
-    return "lora_r8", metrics, time.perf_counter() - t0
-
-
-#: LoRA runs the whole encoder forward and backward every step: fewer epochs and a smaller learning rate
-LORA_TRAIN = {"epochs": 4, "lr": 5e-4, "batch_size": 32, "early_stopping": 2}
+    return name, metrics, time.perf_counter() - t0
 
 
 def run_demo(
@@ -145,14 +171,16 @@ def run_demo(
     cache_dir: str | Path | None = None,
     workers: int | None = None,
     sample_scale: float = 1.0,
-    lora_modalities: list[str] | None = None,
+    end_to_end_modalities: list[str] | None = None,
+    end_to_end_methods: list[str] | None = None,
     explain: bool = True,
     fresh: bool = False,
     log=print,
 ) -> dict[str, Any]:
     """Run the demo into ``out`` and return the results dict (also written as ``results.json``).
 
-    ``lora_modalities`` (default ``["text"]``) adds a ``lora_r8`` row (LoRA r=8 through peft, end to end).
+    ``end_to_end_modalities`` (default ``["text"]``) get a row per ``end_to_end_methods`` (default every key of
+    :data:`END_TO_END`: LoRA r=8, IA3 and DAAM gates inside the encoder, through peft), the encoder tuned end to end.
     A run folder left by an earlier demo with the same configuration and data is reused (unfinished folds are
     completed); ``fresh=True`` retrains everything.
     """
@@ -161,13 +189,17 @@ def run_demo(
 
     modalities = modalities or list(MODALITIES)
     methods = methods or list(METHODS)
-    lora_modalities = ["text"] if lora_modalities is None else lora_modalities
-    for m in [*modalities, *lora_modalities]:
+    e2e_modalities = ["text"] if end_to_end_modalities is None else end_to_end_modalities
+    e2e_methods = list(END_TO_END) if end_to_end_methods is None else end_to_end_methods
+    for m in [*modalities, *e2e_modalities]:
         if m not in MODALITIES:
-            raise ValueError(f"--modalities/--lora: unknown modality {m!r}; choose from {list(MODALITIES)}")
+            raise ValueError(f"--modalities/--end-to-end: unknown modality {m!r}; choose from {list(MODALITIES)}")
     for m in methods:
         if m not in METHODS:
             raise ValueError(f"--methods: unknown method {m!r}; choose from {list(METHODS)}")
+    for m in e2e_methods:
+        if m not in END_TO_END:
+            raise ValueError(f"--end-to-end-methods: unknown method {m!r}; choose from {list(END_TO_END)}")
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
         raise ValueError(f"{out} is not empty and was not written by the demo; choose another --out")
@@ -197,7 +229,7 @@ def run_demo(
         )
         feature_sets[modality] = (features, info)
         extra = {"data": spec.data, "max_samples": n, "modality": modality}
-        names = list(methods) + (["lora_r8"] if modality in lora_modalities else [])
+        names = list(methods) + (list(e2e_methods) if modality in e2e_modalities else [])
         for method in names:
             run_dir = out / modality / method
             if fresh and run_dir.exists():
@@ -206,11 +238,12 @@ def run_demo(
     t_train = time.perf_counter()
     with ProcessPoolExecutor(max_workers=workers) as pool:
         futures = {}
-        for mod, method, run_dir, extra in sorted(jobs, key=lambda job: job[1] != "lora_r8"):  # longest first
-            if method == "lora_r8":
+        for mod, method, run_dir, extra in sorted(jobs, key=lambda job: job[1] not in END_TO_END):  # longest first
+            if method in END_TO_END:
                 future = pool.submit(
-                    _lora_job, mod, run_dir, train_cfg, folds, seed, extra["max_samples"], cache_dir, extra
-                )
+                    _end_to_end_job, method, mod, run_dir, train_cfg, folds, seed, extra["max_samples"], cache_dir,
+                    extra,
+                )  # fmt: skip
             else:
                 future = pool.submit(
                     _train_job, feature_sets[mod][0], method, run_dir, train_cfg, folds, feature_sets[mod][1], extra
@@ -225,7 +258,7 @@ def run_demo(
                 f"[{modality}] {method:7s} accuracy {metrics['accuracy_mean']:.3f} ± {metrics['accuracy_std']:.3f} "
                 f"macro-F1 {metrics['macro_f1_mean']:.3f} params {metrics['trainable_params']:,} ({seconds:.0f} s)"
             )
-    order = [*METHODS, "lora_r8"]
+    order = [*METHODS, *END_TO_END]
     results = {m: dict(sorted(r.items(), key=lambda kv: order.index(kv[0]))) for m, r in results.items()}
     results = {m: results[m] for m in modalities if m in results}
     timing["train_seconds_total"] = time.perf_counter() - t_train
@@ -248,7 +281,19 @@ def run_demo(
         "epochs": epochs,
         "seed": seed,
         "workers": workers,
-        "lora": {"modalities": lora_modalities, **LORA_TRAIN, "rank": 8, "alpha": 16.0},
+        "end_to_end": {
+            "modalities": e2e_modalities,
+            **END_TO_END_TRAIN,
+            "methods": {
+                m: {
+                    "tuner": END_TO_END[m].tuner,
+                    **END_TO_END[m].options,
+                    "lr": END_TO_END[m].lr,
+                    "note": END_TO_END[m].note,
+                }
+                for m in e2e_methods
+            },
+        },
         "modalities": {
             m: MODALITIES[m].__dict__ | {"max_samples": max(20, int(MODALITIES[m].max_samples * sample_scale))}
             for m in modalities
@@ -287,7 +332,9 @@ def render_markdown(results: dict[str, Any], doc: dict[str, Any]) -> str:
         "# densattn demo results",
         "",
         f"{s['folds']}-fold stratified CV (validation carved from each training fold), seed {s['seed']}, at most "
-        f"{s['epochs']} epochs with early stopping (LoRA: {s['lora']['epochs']}). "
+        f"{s['epochs']} epochs with early stopping (encoders tuned end to end: {s['end_to_end']['epochs']}; "
+        + ", ".join(f"{m} lr {r['lr']:g}" for m, r in s["end_to_end"]["methods"].items())
+        + "). "
         f"Total {doc['timing']['total_seconds']:.0f} s.",
     ]
     for modality, methods in results.items():
