@@ -27,7 +27,7 @@ def reference_daam(
 ):
     """Plain loops over (batch, feature, head, position, gaussian) for x (B, m, F), norm over m, params per F.
 
-    delta, xi: (H, N, F). mask: (B, m) bool or None. Follows DESIGN.md §1 term by term.
+    delta, xi: (H, N, F). mask: (B, m) bool or None. Follows docs/design.md ("The DAAM kernel") term by term.
     """
     B, m, F = x.shape
     H, N, _ = delta.shape

@@ -25,3 +25,17 @@ def test_daam_inside_the_model_example_runs(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "trainable params: 4,632 || all params: 22,717,848" in printed  # the count the comment in the block states
     assert (tmp_path / "runs" / "daam_gates" / "adapter_config.json").exists()
+
+
+def test_attention_family_example_runs():
+    block = re.search(r"### One attention family.*?```python\n(.*?)```", README.read_text(), re.S)
+    assert block, "README.md lost its attention-family example"
+    import torch
+
+    scope: dict = {}
+    exec(compile(block.group(1), "README attention family example", "exec"), scope)
+    x, mask = torch.randn(2, 9, 256), torch.ones(2, 9, dtype=torch.bool)
+    mask[0, 6:] = False
+    y = scope["encoder"](x, mask=mask)
+    assert y.shape == (2, 9, 256) and torch.isfinite(y).all()
+    assert len(scope["encoder"].layers) == 6 and scope["layer"].attention_name == "daam"

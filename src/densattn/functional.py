@@ -1,6 +1,6 @@
 """The density-adaptive attention (DAAM) kernel.
 
-One function, :func:`density_attention`, computes every DAAM preset (see ``DESIGN.md`` §1 and
+One function, :func:`density_attention`, computes every DAAM preset (see ``docs/design.md``, "The DAAM kernel", and
 arXiv `2401.11143 <https://arxiv.org/abs/2401.11143>`_, "Density Adaptive Attention is All You Need").
 
 For each head ``h`` (a contiguous chunk of the norm axis) and each position ``i`` in the chunk::
@@ -148,7 +148,7 @@ def density_attention(
 ) -> tuple[Tensor, Tensor]:
     """Density-adaptive attention: weight every item by learned Gaussian densities of its standardised value.
 
-    See the module docstring for the equations (DESIGN.md §1; arXiv 2401.11143, Algorithms 1–2).
+    See the module docstring for the equations (docs/design.md; arXiv 2401.11143, Algorithms 1–2).
 
     Args:
         x: input of any rank >= 2.
