@@ -283,6 +283,14 @@ class QuaternionMixer(QuaternionSelfAttention):
 class _Seeded:
     """Clustering draws random hash planes; ``seed`` makes every forward draw the same ones."""
 
+    def __init__(self, embed_dim: int, num_heads: int, *, seed: int | None = None, **kwargs) -> None:
+        super().__init__(embed_dim, num_heads, **kwargs)
+        self.seed = seed
+
+    def forward(self, x, *, mask=None, need_weights=False, generator=None):
+        check_tokens(x, mask, self.embed_dim)
+        return super().forward(x, mask, need_weights, generator=self._generator(x, generator))
+
     def _generator(self, x: Tensor, generator: torch.Generator | None) -> torch.Generator | None:
         if generator is None and self.seed is not None:
             generator = torch.Generator(device=x.device).manual_seed(self.seed)
@@ -299,14 +307,6 @@ class ClusteredMixer(_Seeded, ClusteredAttention):
         torch.Size([2, 6, 32])
     """
 
-    def __init__(self, embed_dim: int, num_heads: int, *, seed: int | None = None, **kwargs) -> None:
-        super().__init__(embed_dim, num_heads, **kwargs)
-        self.seed = seed
-
-    def forward(self, x, *, mask=None, need_weights=False, generator=None):
-        check_tokens(x, mask, self.embed_dim)
-        return super().forward(x, mask, need_weights, generator=self._generator(x, generator))
-
 
 class ImprovedClusteredMixer(_Seeded, ImprovedClusteredAttention):
     """:class:`~densattn.attention.ImprovedClusteredAttention` as a token mixer (https://arxiv.org/abs/2007.04825).
@@ -317,11 +317,3 @@ class ImprovedClusteredMixer(_Seeded, ImprovedClusteredAttention):
         >>> ImprovedClusteredMixer(32, 4, seed=0)(torch.randn(2, 6, 32)).shape
         torch.Size([2, 6, 32])
     """
-
-    def __init__(self, embed_dim: int, num_heads: int, *, seed: int | None = None, **kwargs) -> None:
-        super().__init__(embed_dim, num_heads, **kwargs)
-        self.seed = seed
-
-    def forward(self, x, *, mask=None, need_weights=False, generator=None):
-        check_tokens(x, mask, self.embed_dim)
-        return super().forward(x, mask, need_weights, generator=self._generator(x, generator))
