@@ -49,6 +49,12 @@ __all__ = [
 ]
 
 
+def check_heads(embed_dim: int, num_heads: int) -> None:
+    """Raise a ValueError unless ``num_heads`` is a positive int dividing ``embed_dim``."""
+    if not isinstance(num_heads, int) or num_heads < 1 or embed_dim % num_heads:
+        raise ValueError(f"num_heads={num_heads!r} must be a positive int dividing embed_dim={embed_dim}")
+
+
 def check_tokens(x: Tensor, mask: Tensor | None, embed_dim: int) -> None:
     """Raise a ValueError unless ``x`` is ``(B, L, embed_dim)`` and ``mask`` None or bool ``(B, L)``."""
     if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != embed_dim:
@@ -95,8 +101,7 @@ class SoftmaxAttention(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(num_heads, int) or num_heads < 1 or embed_dim % num_heads:
-            raise ValueError(f"num_heads={num_heads!r} must be a positive int dividing embed_dim={embed_dim}")
+        check_heads(embed_dim, num_heads)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         factory = {"device": device, "dtype": dtype}
@@ -206,8 +211,7 @@ class DensityTokenMixer(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(num_heads, int) or num_heads < 1 or embed_dim % num_heads:
-            raise ValueError(f"num_heads={num_heads!r} must be a positive int dividing embed_dim={embed_dim}")
+        check_heads(embed_dim, num_heads)
         factory = {"device": device, "dtype": dtype}
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.value_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)

@@ -18,7 +18,7 @@ import os
 import re
 import subprocess
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -273,6 +273,26 @@ def load_openclipart(
     root = Path(OPENCLIPART_DIR)
     if not root.is_dir():
         raise missing_package("openclipart", "openclipart-png", OPENCLIPART_DIR)
+    paths, names = _category_files(
+        root, categories, "*.png", "clip-art", recursive=True, keep=lambda path: path.stat().st_size <= int(max_bytes)
+    )
+    ids = [Path(p).relative_to(root).as_posix() for p in paths]
+    return build_dataset("openclipart", "image", paths, names, ids=ids, max_samples=max_samples, seed=seed)
+
+
+def _category_files(
+    root: Path,
+    categories: Sequence[str] | str,
+    pattern: str,
+    what: str,
+    *,
+    recursive: bool = False,
+    keep: Callable[[Path], bool] | None = None,
+) -> tuple[list[str], list[str]]:
+    """Files matching ``pattern`` in each category folder under ``root``, labelled by that folder (sorted paths).
+
+    ``categories`` may be a comma-separated string; a missing folder raises a ValueError listing the ones there are.
+    """
     if isinstance(categories, str):
         categories = [c for c in categories.split(",") if c]
     paths, names = [], []
@@ -280,13 +300,12 @@ def load_openclipart(
         folder = root / category
         if not folder.is_dir():
             available = sorted(p.name for p in root.iterdir() if p.is_dir())
-            raise ValueError(f"categories: no clip-art folder {category!r} in {root}; choose from {available}.")
-        for path in sorted(folder.rglob("*.png")):
-            if path.stat().st_size <= int(max_bytes):
+            raise ValueError(f"categories: no {what} folder {category!r} in {root}; choose from {available}.")
+        for path in sorted(folder.rglob(pattern) if recursive else folder.glob(pattern)):
+            if keep is None or keep(path):
                 paths.append(str(path))
                 names.append(category)
-    ids = [Path(p).relative_to(root).as_posix() for p in paths]
-    return build_dataset("openclipart", "image", paths, names, ids=ids, max_samples=max_samples, seed=seed)
+    return paths, names
 
 
 # ------------------------------------------------------------------------------------------ asterisk prompts
@@ -302,17 +321,7 @@ def load_asterisk_prompts(
     root = _first_existing(ASTERISK_DIRS)
     if root is None or not (root / "digits").is_dir():
         raise missing_package("asterisk-prompts", "asterisk-core-sounds-en-wav", ASTERISK_DIRS[0])
-    if isinstance(categories, str):
-        categories = [c for c in categories.split(",") if c]
-    paths, names = [], []
-    for category in categories:
-        folder = root / category
-        if not folder.is_dir():
-            available = sorted(p.name for p in root.iterdir() if p.is_dir())
-            raise ValueError(f"categories: no prompt folder {category!r} in {root}; choose from {available}.")
-        for path in sorted(folder.glob("*.wav")):
-            paths.append(str(path))
-            names.append(category)
+    paths, names = _category_files(root, categories, "*.wav", "prompt")
     ids = [Path(p).relative_to(root).as_posix() for p in paths]
     ds = build_dataset(
         "asterisk-prompts", "audio", paths, names, ids=ids, max_samples=max_samples, seed=seed,
