@@ -227,3 +227,115 @@ def test_cuda_kernel_matches_cpu(dtype, preset):
     tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-4, atol=1e-4)
     for got, want in zip(*reversed(results)):
         assert_close(got, want, **tol)
+
+
+# ------------------------------------------------ one autograd node from the Gaussians' parameters (CPU kernel) -----
+# (x shape, norm_dim, param_dim): per-feature parameters after the norm axis, scalar parameters, parameters on a
+# middle axis of several after the norm axis (the kernel maps column i to parameter (i // pdiv) % F)
+GAUSSIAN_LAYOUTS = [((3, 6, 5), 1, 2), ((3, 6, 5), 1, None), ((2, 4, 3, 2), 1, 2), ((2, 2, 6, 3), 2, 3)]
+
+
+def _graph_has(t, name):
+    seen, todo = set(), [t.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if name in type(fn).__name__:
+            return True
+        todo.extend(f for f, _ in fn.next_functions)
+    return False
+
+
+def _cpu_kernel_or_skip():
+    from densattn.kernels import cpu
+
+    if cpu.load() is None:
+        pytest.skip(f"CPU kernel not built: {cpu.status()}")
+    return cpu
+
+
+@pytest.mark.parametrize("layout", range(len(GAUSSIAN_LAYOUTS)))
+@pytest.mark.parametrize("preset,package_compat", [("paper", False), ("mixture_of_densities", False),
+                                                   ("mixture_of_densities", True)])  # fmt: skip
+def test_gaussians_node_gradcheck_and_general_path(layout, preset, package_compat):
+    """float64 gradcheck of the fused call (C++ forward and backward, parameters chained in C++), and its outputs and
+    gradients equal the general path's (an all-True mask forces that path)."""
+    _cpu_kernel_or_skip()
+    shape, nd, pd = GAUSSIAN_LAYOUTS[layout]
+    spread_param, _, normalize = PRESETS[preset]
+    g = torch.Generator().manual_seed(20 + layout)
+    x = torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True)
+    pshape = (2, 3) if pd is None else (2, 3, shape[pd])
+    delta = (0.4 * torch.randn(pshape, generator=g, dtype=torch.float64)).requires_grad_()
+    xi = (0.6 + torch.rand(pshape, generator=g, dtype=torch.float64)).requires_grad_()
+    kw = dict(norm_dim=nd, param_dim=pd, num_heads=2, spread_param=spread_param, normalize=normalize,
+              package_compat=package_compat, eps=0.3 if package_compat else 1e-5)  # fmt: skip
+    # eps = 0.3 puts the package's floor near the chunks' log-sum-exp, so both of its branches occur
+
+    def fused(*args):
+        return density_attention(*args, **kw)
+
+    assert _graph_has(fused(x, delta, xi)[0], "CpuDensityGaussians")  # the C++ node, not a fallback
+    assert torch.autograd.gradcheck(fused, (x, delta, xi))
+    full = torch.ones(shape, dtype=torch.bool)
+    ref = density_attention(x, delta, xi, mask=full, **kw)
+    got = fused(x, delta, xi)
+    probe = torch.randn(shape, generator=g, dtype=torch.float64)
+    grads = [torch.autograd.grad((y * probe).sum() + w.sum(), (x, delta, xi)) for y, w in (got, ref)]
+    assert_close(got[0], ref[0])
+    assert_close(got[1], ref[1])
+    for a, b in zip(*grads):
+        assert_close(a, b)
+
+
+@pytest.mark.parametrize("floor", [False, True])
+def test_cpu_gaussian_params_match_literal_formulas(floor):
+    """P, C, R, F formed in C++ equal the literal definitions, and their gradients equal autograd's."""
+    cpu = _cpu_kernel_or_skip()
+    from densattn.kernels.functions import gaussian_params_backward
+
+    g = torch.Generator().manual_seed(30)
+    delta = torch.randn(3, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    s = (0.2 + torch.rand(3, 4, 5, generator=g, dtype=torch.float64)).requires_grad_()
+    log_eps = -3.0 if floor else None
+    got = cpu.gaussian_params(cpu.load(), delta.detach(), s.detach(), log_eps)
+    # literal: expand sum_k (z - d_k)^2 / s_k = z^2 sum 1/s - 2 z sum d/s + sum d^2/s = P (z - C)^2 + R
+    prec = (1 / s).sum(1)
+    center = (delta / s).sum(1) / prec
+    resid = (delta**2 / s).sum(1) - prec * center**2
+    want = [prec, center, resid, (log_eps + 0.5 * torch.log(2 * torch.pi * s).sum(1)) if floor else None]
+    for a, b in zip(got, want):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert_close(a, b)
+    cot = [torch.randn(3, 5, generator=g, dtype=torch.float64) for _ in range(4)]
+    outs = [w for w in want if w is not None]
+    expected = torch.autograd.grad(outs, (delta, s), cot[: len(outs)])
+    grads = [*cot[:3], cot[3] if floor else None]
+    from_cpp = cpu.gaussian_params_backward(cpu.load(), delta.detach(), s.detach(), got, grads)
+    from_torch = gaussian_params_backward(delta.detach(), s.detach(), got, grads)
+    for a, b, c in zip(from_cpp, from_torch, expected):
+        assert_close(a, c)
+        assert_close(b, c)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_need_weights_false_gives_the_same_output_and_no_weights(dtype):
+    """Without weights the kernel writes only y: the same y and the same gradients, and weights None."""
+    from densattn import DensityAdaptiveAttention
+
+    torch.manual_seed(0)
+    attn = DensityAdaptiveAttention(16, num_heads=2, num_gaussians=3, norm_dim=1, preset="mixture_of_densities")
+    x = torch.randn(4, 6, 16).to(dtype).requires_grad_()
+    y_only = attn(x)
+    y, w = attn(x, need_weights=True)
+    assert w is not None and w.shape == x.shape
+    assert torch.equal(y_only, y)
+    g1 = torch.autograd.grad(y_only.float().square().sum(), (x, attn.spread))
+    g2 = torch.autograd.grad(y.float().square().sum(), (x, attn.spread))
+    for a, b in zip(g1, g2):
+        assert torch.equal(a, b)
+    out, weights = density_attention(x, attn.mean_offset, attn.spread, norm_dim=1, num_heads=2, need_weights=False)
+    assert weights is None and out.shape == x.shape

@@ -145,7 +145,8 @@ def density_attention(
     eps: float = 1e-5,
     package_compat: bool = False,
     allow_ragged_heads: bool = False,
-) -> tuple[Tensor, Tensor]:
+    need_weights: bool = True,
+) -> tuple[Tensor, Tensor | None]:
     """Density-adaptive attention: weight every item by learned Gaussian densities of its standardised value.
 
     See the module docstring for the equations (docs/design.md; arXiv 2401.11143, Algorithms 1–2).
@@ -171,9 +172,12 @@ def density_attention(
             ``a = exp(L - max(lse(L), log eps + sum_k log(2 pi s_k) / 2))``), so a head whose density sum falls
             below ``eps`` gets weights summing to less than 1, as in the package.
         allow_ragged_heads: let the last head take the remainder when ``num_heads`` does not divide the axis.
+        need_weights: return the weights; with False they are None, and the fused CPU kernel never writes them
+            (one tensor of ``x``'s size less traffic and memory).
 
     Returns:
-        ``(out, weights)``, both shaped like ``x``; ``out`` has ``x``'s dtype, ``weights`` float32 (or float64).
+        ``(out, weights)``, both shaped like ``x``; ``out`` has ``x``'s dtype, ``weights`` float32 (or float64),
+        or None when ``need_weights`` is False.
 
     Raises:
         ValueError: on an out-of-range axis, heads that do not divide the axis, mismatched parameter shapes,
@@ -223,7 +227,7 @@ def density_attention(
     if combine == "product" and mask is None and len(set(sizes)) == 1:
         from densattn.kernels import fused_product  # (imported here: the kernels import this module)
 
-        return fused_product(x, delta, s, nd, pd, num_heads, sizes[0], normalize, eps, package_compat)
+        return fused_product(x, delta, s, nd, pd, num_heads, sizes[0], normalize, eps, package_compat, need_weights)
 
     # ---- general path. Layout: (..., F, m) with the parameter axis second to last, the norm axis last ----------
     xt = x.movedim(nd, -1)
@@ -343,7 +347,7 @@ def density_attention(
     out = (x.to(cdt) * weights).to(x.dtype)
     if mask is not None:
         out = torch.where(mask, out, x)
-    return out, weights
+    return out, weights if need_weights else None
 
 
 def _gaussian_params(mean_offset: Tensor, spread: Tensor, spread_param: str, cdt: torch.dtype) -> tuple[Tensor, Tensor]:

@@ -206,6 +206,7 @@ class DensityAdaptiveAttention(nn.Module):
             eps=self.eps,
             package_compat=self.package_compat,
             allow_ragged_heads=self.allow_ragged_heads,
+            need_weights=need_weights,
         )
         if self.residual:
             out = out + x if mask is None else torch.where(_expand_mask(mask, x), out + x, x)

@@ -12,11 +12,13 @@ All three keep only ``x`` (and the parameters) for the backward and give exact d
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from densattn.kernels import cpu, cuda
-from densattn.kernels.functions import CpuDensityProduct, cpu_layout_ok
+from densattn.kernels.functions import CpuDensityGaussians, CpuDensityProduct, cpu_layout_ok
 from densattn.kernels.product import DensityProduct
 
 __all__ = ["density_product", "fused_product"]
@@ -70,18 +72,47 @@ def fused_product(
     normalize: str,
     eps: float,
     package_compat: bool,
-) -> tuple[Tensor, Tensor]:
+    need_weights: bool = True,
+) -> tuple[Tensor, Tensor | None]:
     """``density_attention``'s product path without a mask, in x's own layout (no transposes).
 
     ``delta`` and ``s`` are the offsets and variances ``s_k`` in the compute dtype, shaped ``(H, N, F|1)`` or
-    ``(H, N)``; ``nd``/``pd`` the norm and parameter axes; ``c`` the head chunk size.
+    ``(H, N)``; ``nd``/``pd`` the norm and parameter axes; ``c`` the head chunk size. The weights are None unless
+    ``need_weights`` (the CPU kernel then never writes them out).
     """
     from densattn.functional import _package_floor, _product_params
 
+    softmax = normalize == "softmax"
+    divisor = c - 1 if package_compat and c > 1 else c
+    with_floor = package_compat and softmax and eps > 0
+    xu = x.unflatten(nd, (num_heads, c))  # (..., H, c, ...); the kernels take x in its own dtype
+    if (
+        not torch.compiler.is_compiling()
+        and x.device.type == "cpu"
+        and x.dtype in cpu.SUFFIX
+        and (pd is None or pd > nd)
+        and cpu.load() is not None
+    ):  # one autograd node from the Gaussians' parameters to y
+        d3, s3 = (delta, s) if pd is not None else (delta.unsqueeze(-1), s.unsqueeze(-1))
+        param_axis = pd + 1 if pd is not None and d3.shape[-1] > 1 else None
+        out = CpuDensityGaussians.apply(
+            xu.contiguous(),
+            d3.contiguous(),
+            s3.contiguous(),
+            nd + 1,
+            param_axis,
+            softmax,
+            eps,
+            divisor,
+            math.log(eps) if with_floor else None,
+            need_weights,
+        )
+        y, a = out if need_weights else (out, None)
+        return y.flatten(nd, nd + 1), None if a is None else a.flatten(nd, nd + 1)
     if pd is not None:
         delta, s = delta.movedim(1, -1), s.movedim(1, -1)  # (H, F|1, N)
     params = list(_product_params(delta, s))  # (H, F|1) or (H,)
-    floor = _package_floor(s, eps) if package_compat and normalize == "softmax" else None
+    floor = _package_floor(s, eps) if with_floor else None
     if floor is not None:
         params.append(floor)
     shape = [1] * (x.dim() + 1)
@@ -93,8 +124,6 @@ def fused_product(
             params = [t.t() for t in params]
     params = [t.reshape(shape) for t in params]
     prec, center, resid = params[:3]
-    xu = x.unflatten(nd, (num_heads, c))  # (..., H, c, ...); the kernels take x in its own dtype
-    divisor = c - 1 if package_compat and c > 1 else c
     y, a = density_product(
         xu,
         prec,
@@ -102,8 +131,8 @@ def fused_product(
         resid,
         params[3] if floor is not None else None,
         dim=nd + 1,
-        softmax=normalize == "softmax",
+        softmax=softmax,
         eps=eps,
         divisor=divisor,
     )
-    return y.flatten(nd, nd + 1).to(x.dtype), a.flatten(nd, nd + 1)
+    return y.flatten(nd, nd + 1).to(x.dtype), a.flatten(nd, nd + 1) if need_weights else None

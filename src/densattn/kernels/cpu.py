@@ -86,8 +86,13 @@ def load() -> ctypes.CDLL | None:
                 for name in SUFFIX.values():
                     fwd, bwd = getattr(lib, f"daam_forward_{name}"), getattr(lib, f"daam_backward_{name}")
                     fwd.restype = bwd.restype = None
-                    fwd.argtypes = [p] * 7 + [n] * 4 + [i, d, d, i]
-                    bwd.argtypes = [p] * 12 + [n] * 4 + [i, d, d, i]
+                    fwd.argtypes = [p] * 7 + [n] * 6 + [i, d, d, i]
+                    bwd.argtypes = [p] * 12 + [n] * 6 + [i, d, d, i]
+                for name in ("f32", "f64"):
+                    prm, prm_bwd = getattr(lib, f"daam_params_{name}"), getattr(lib, f"daam_params_backward_{name}")
+                    prm.restype = prm_bwd.restype = None
+                    prm.argtypes = [p, p, n, n, n, d, i, p, p, p, p]
+                    prm_bwd.argtypes = [p] * 8 + [n] * 3 + [p, p]
                 _state["lib"], _state["status"] = lib, f"compiled: {path}"
             except (OSError, RuntimeError, subprocess.SubprocessError) as err:
                 _state["status"] = f"unavailable ({err})"
@@ -118,27 +123,73 @@ def _threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-def forward(lib, x: Tensor, params: list[Tensor], dim: int, softmax: bool, eps: float, divisor: int):
-    """``(y, a)``; ``x`` contiguous, ``params`` = ``[P, C, R, F or None]`` contiguous ``(H, inner)`` arrays."""
+def forward(
+    lib,
+    x: Tensor,
+    params: list[Tensor | None],
+    dim: int,
+    softmax: bool,
+    eps: float,
+    divisor: int,
+    *,
+    pdiv: int = 1,
+    need_weights: bool = True,
+) -> tuple[Tensor, Tensor | None]:
+    """``(y, a)``; ``x`` contiguous, ``params`` = ``[P, C, R, F or None]`` contiguous ``(H, Fp)`` arrays.
+
+    Column ``i`` of the flattened axes after ``dim`` uses parameter ``(i // pdiv) % Fp``. ``a`` is None unless
+    ``need_weights`` (the kernel then keeps the weights in a per-block scratch and never writes them out).
+    """
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     y = torch.empty_like(x)
-    a = torch.empty(x.shape, dtype=cdt)
+    a = torch.empty(x.shape, dtype=cdt) if need_weights else None
     outer, heads, c, inner = _dims(tuple(x.shape), dim)
     getattr(lib, f"daam_forward_{SUFFIX[x.dtype]}")(
-        _ptr(x), _ptr(y), _ptr(a), *map(_ptr, params), outer, heads, c, inner, int(softmax), eps, divisor, _threads()
-    )
+        _ptr(x), _ptr(y), _ptr(a), *map(_ptr, params), outer, heads, c, inner, params[0].shape[-1], pdiv,
+        int(softmax), eps, divisor, _threads(),
+    )  # fmt: skip
     return y, a
 
 
-def backward(lib, x, grad_y, grad_a, params, dim: int, softmax: bool, eps: float, divisor: int):
-    """``(g_x, g_P, g_C, g_R, g_F)``, the parameter gradients as ``(H, inner)`` arrays (``g_F`` None without F)."""
+def backward(lib, x, grad_y, grad_a, params, dim: int, softmax: bool, eps: float, divisor: int, *, pdiv: int = 1):
+    """``(g_x, g_P, g_C, g_R, g_F)``, the parameter gradients as ``(H, Fp)`` arrays (``g_F`` None without F)."""
     outer, heads, c, inner = _dims(tuple(x.shape), dim)
     cdt = params[0].dtype
-    grads = [torch.zeros(heads, inner, dtype=cdt) for _ in range(3)]
-    grads.append(torch.zeros(heads, inner, dtype=cdt) if params[3] is not None else None)
+    fp = params[0].shape[-1]
+    grads = [torch.zeros(heads, fp, dtype=cdt) for _ in range(3)]
+    grads.append(torch.zeros(heads, fp, dtype=cdt) if params[3] is not None else None)
     g_x = torch.empty_like(x)
     getattr(lib, f"daam_backward_{SUFFIX[x.dtype]}")(
         _ptr(x), _ptr(grad_y), _ptr(grad_a), *map(_ptr, params), _ptr(g_x), *map(_ptr, grads),
-        outer, heads, c, inner, int(softmax), eps, divisor, _threads(),
+        outer, heads, c, inner, fp, pdiv, int(softmax), eps, divisor, _threads(),
     )  # fmt: skip
     return (g_x, *grads)
+
+
+def gaussian_params(lib, delta: Tensor, s: Tensor, log_eps: float | None) -> list[Tensor | None]:
+    """``[P, C, R, F]`` as ``(H, Fp)`` arrays from offsets and variances ``(H, G, Fp)`` (float32 or float64).
+
+    ``sum_k (z - delta_k)^2 / s_k = P (z - C)^2 + R``; ``F = log_eps + sum_k log(2 pi s_k) / 2``, None when
+    ``log_eps`` is None. The same formulas as :func:`densattn.functional._product_params` and ``_package_floor``.
+    """
+    heads, gaussians, fp = delta.shape
+    out = torch.empty(4, heads, fp, dtype=delta.dtype)
+    name = "f64" if delta.dtype == torch.float64 else "f32"
+    floor = log_eps is not None
+    getattr(lib, f"daam_params_{name}")(
+        _ptr(delta), _ptr(s), heads, gaussians, fp, log_eps if floor else 0.0, int(floor), *(_ptr(t) for t in out)
+    )
+    return [out[0], out[1], out[2], out[3] if floor else None]
+
+
+def gaussian_params_backward(lib, delta, s, params, grads) -> tuple[Tensor, Tensor]:
+    """Gradients of the offsets and variances ``(H, G, Fp)`` from those of ``[P, C, R, F]`` (``g_F`` may be None)."""
+    heads, gaussians, fp = delta.shape
+    g_delta, g_s = torch.empty_like(delta), torch.empty_like(s)
+    name = "f64" if delta.dtype == torch.float64 else "f32"
+    prec, center = params[0], params[1]
+    getattr(lib, f"daam_params_backward_{name}")(
+        _ptr(delta), _ptr(s), _ptr(center), _ptr(prec), *map(_ptr, grads), heads, gaussians, fp, _ptr(g_delta),
+        _ptr(g_s),
+    )  # fmt: skip
+    return g_delta, g_s

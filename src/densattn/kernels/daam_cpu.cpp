@@ -1,7 +1,11 @@
 // Fused CPU kernel of the DAAM product path (densattn.kernels.cpu compiles it on first use).
 //
 // x is viewed as (outer, H, c, inner), contiguous; heads are chunks of c items along the norm axis and `inner`
-// is everything after it. Parameters P, C, R (and the optional floor F) are (H, inner) arrays. Each thread owns
+// is everything after it. Parameters P, C, R (and the optional floor F) are (H, Fp) arrays; column i of the
+// inner axis uses parameter (i / pdiv) % Fp (Fp = inner, pdiv = 1: one per column; Fp = 1: one per head).
+// daam_params_* forms P, C, R, F from the Gaussians' offsets and variances, daam_params_backward_* chains their
+// gradients back, so a call needs no PyTorch op on the parameters. The weights `a` are written only when asked
+// (a non-null pointer); otherwise they live in a per-block scratch. Each thread owns
 // contiguous run of (outer, head, column tile) blocks in memory order, so one (c x tile) block sits in cache while
 // it is read several times; the backward sums per-thread parameter gradients at the end. The math is that of
 // densattn/kernels/product.py (module docstring): forward and backward both recompute the per-chunk statistics
@@ -132,142 +136,257 @@ void block_weights(const S* x, A* a, long c, long inner, long as, long w, const 
     for (long i = 0; i < w; ++i) a[j * as + i] *= total[i];
 }
 
+// the (H, Fp) parameters of the columns [i0, i0 + w) of head h: pointers into them when they run one per column,
+// else gathered into `buf` (4 x kTile)
+template <typename A>
+struct Columns {
+  const A *P, *C, *R, *F;
+  Columns(const A* P0, const A* C0, const A* R0, const A* F0, long h, long i0, long w, long Fp, long pdiv, long inner,
+          A* buf) {
+    if (Fp == inner && pdiv == 1) {
+      const long p0 = h * Fp + i0;
+      P = P0 + p0, C = C0 + p0, R = R0 + p0, F = F0 ? F0 + p0 : nullptr;
+      return;
+    }
+    A *bp = buf, *bc = buf + kTile, *br = buf + 2 * kTile, *bf = buf + 3 * kTile;
+    if (Fp == 1) {  // one value per head
+      for (long i = 0; i < w; ++i) bp[i] = P0[h], bc[i] = C0[h], br[i] = R0[h];
+      if (F0)
+        for (long i = 0; i < w; ++i) bf[i] = F0[h];
+    } else {  // parameter (i / pdiv) % Fp, walked without a division per column
+      long q = (i0 / pdiv) % Fp, rem = i0 % pdiv;
+      for (long i = 0; i < w; ++i) {
+        const long k = h * Fp + q;
+        bp[i] = P0[k], bc[i] = C0[k], br[i] = R0[k];
+        if (F0) bf[i] = F0[k];
+        if (++rem == pdiv) rem = 0, q = q + 1 == Fp ? 0 : q + 1;
+      }
+    }
+    P = bp, C = bc, R = br, F = F0 ? bf : nullptr;
+  }
+};
+
 template <typename S, typename A>
 void forward(const S* x, S* y, A* a, const A* P, const A* C, const A* R, const A* F, long outer, long H, long c,
-             long inner, int softmax, double eps, double divisor, int threads) {
+             long inner, long Fp, long pdiv, int softmax, double eps, double divisor, int threads) {
   const long tiles = (inner + kTile - 1) / kTile;
   // blocks (o, h, column tile) in memory order; each thread takes a contiguous run of them
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel num_threads(threads)
+  {
+  std::vector<A> scratch(a ? 0 : c * kTile);
+#pragma omp for schedule(static)
   for (long b = 0; b < outer * H * tiles; ++b) {
     const long oh = b / tiles, h = oh % H, i0 = (b % tiles) * kTile, w = std::min(kTile, inner - i0);
-    const long p0 = h * inner + i0, base = oh * c * inner + i0;
-    A s[kTile], m[kTile], r[kTile], top[kTile];
+    const long base = oh * c * inner + i0;
+    A s[kTile], m[kTile], r[kTile], top[kTile], buf[4 * kTile];
     bool act[kTile];
+    const Columns<A> p(P, C, R, F, h, i0, w, Fp, pdiv, inner, buf);
+    A* ab = a ? a + base : scratch.data();
+    const long as = a ? inner : kTile;
     block_stats<S, A>(x + base, c, inner, w, static_cast<A>(eps), static_cast<A>(divisor), s, m, r);
-    block_weights<S, A>(x + base, a + base, c, inner, inner, w, P + p0, C + p0, R + p0, F ? F + p0 : nullptr,
-                        softmax != 0, s, m, r, top, act);
+    block_weights<S, A>(x + base, ab, c, inner, as, w, p.P, p.C, p.R, p.F, softmax != 0, s, m, r, top, act);
     for (long j = 0; j < c; ++j)
       for (long i = 0; i < w; ++i) {
         const long k = base + j * inner + i;
-        store(y, k, static_cast<A>(load(x, k)) * a[k]);
+        store(y, k, static_cast<A>(load(x, k)) * ab[j * as + i]);
       }
+  }
   }
 }
 
-// gx (like x) and the parameter gradients gP, gC, gR, gF ((H, inner), zero on entry; gF may be null)
+// gx (like x) and the parameter gradients gP, gC, gR, gF ((H, Fp), zero on entry; gF may be null)
 template <typename S, typename A>
 void backward(const S* x, const S* gy, const A* ga, const A* P, const A* C, const A* R, const A* F, S* gx, A* gP,
-              A* gC, A* gR, A* gF, long outer, long H, long c, long inner, int softmax, double eps, double divisor,
-              int threads) {
+              A* gC, A* gR, A* gF, long outer, long H, long c, long inner, long Fp, long pdiv, int softmax, double eps,
+              double divisor, int threads) {
   const long tiles = (inner + kTile - 1) / kTile;
-  const A div = static_cast<A>(divisor), inv_div = A(1) / div;
+  const A div = static_cast<A>(divisor), inv_div = A(1) / div, inv_c = A(1) / static_cast<A>(c);
 #pragma omp parallel num_threads(threads)
   {
   // per-thread parameter gradients, summed at the end; block scratch with row stride kTile
-  std::vector<A> pP(H * inner), pC(H * inner), pR(H * inner), pF(gF ? H * inner : 0);
+  std::vector<A> pP(H * Fp), pC(H * Fp), pR(H * Fp), pF(gF ? H * Fp : 0);
   std::vector<A> a(c * kTile), gu(c * kTile);
 #pragma omp for schedule(static)
   for (long b = 0; b < outer * H * tiles; ++b) {
     const long oh = b / tiles, h = oh % H, i0 = (b % tiles) * kTile, w = std::min(kTile, inner - i0);
-    const long p0 = h * inner + i0, base = oh * c * inner + i0;
-    const A *Ph = P + p0, *Ch = C + p0, *Rh = R + p0;
-    A s[kTile], m[kTile], r[kTile], top[kTile], sum_gl[kTile], q[kTile], tsum[kTile];
+    const long base = oh * c * inner + i0;
+    A s[kTile], m[kTile], r[kTile], top[kTile], sum_gl[kTile], q[kTile], tsum[kTile], buf[4 * kTile];
+    A lP[kTile], lC[kTile], lR[kTile], lF[kTile];  // this block's parameter gradients
     bool act[kTile];
-    {
-      const S* xb = x + base;
-      block_stats<S, A>(xb, c, inner, w, static_cast<A>(eps), div, s, m, r);
-      // weights of the block, recomputed into the scratch (row stride kTile)
-      block_weights<S, A>(xb, a.data(), c, inner, kTile, w, Ph, Ch, Rh, F ? F + p0 : nullptr, softmax != 0, s, m, r,
-                          top, act);
-      // g_l = a * g_a with g_a = gy * x + ga; S = sum(g_l) (kept in gu as scratch)
-      for (long i = 0; i < w; ++i) tsum[i] = 0;
-      for (long j = 0; j < c; ++j)
-        for (long i = 0; i < w; ++i) {
-          const long k = base + j * inner + i;
-          A g = 0;
-          if (gy) g += static_cast<A>(load(gy, k)) * static_cast<A>(load(x, k));
-          if (ga) g += ga[k];
-          g *= a[j * kTile + i];
-          gu[j * kTile + i] = g;
-          tsum[i] += g;
-        }
-      if (softmax) {
-        for (long j = 0; j < c; ++j)
-          for (long i = 0; i < w; ++i)
-            if (act[i]) gu[j * kTile + i] -= a[j * kTile + i] * tsum[i];
-        if (gF)
-          for (long i = 0; i < w; ++i)
-            if (!act[i]) pF[p0 + i] -= tsum[i];
-      }
-      // g_u = -P u g_l; q = sum(g_u u) - R r^2 sum(g_l); parameter gradients
-      A beta[kTile], shift[kTile];  // u = x r + beta;  r d = x r - shift
+    const Columns<A> p(P, C, R, F, h, i0, w, Fp, pdiv, inner, buf);
+    const S* xb = x + base;
+    block_stats<S, A>(xb, c, inner, w, static_cast<A>(eps), div, s, m, r);
+    // weights of the block, recomputed into the scratch (row stride kTile)
+    block_weights<S, A>(xb, a.data(), c, inner, kTile, w, p.P, p.C, p.R, p.F, softmax != 0, s, m, r, top, act);
+    // g_l = a * g_a with g_a = gy * x + ga; S = sum(g_l) (kept in gu as scratch)
+    for (long i = 0; i < w; ++i) tsum[i] = 0, lF[i] = 0;
+    for (long j = 0; j < c; ++j)
       for (long i = 0; i < w; ++i) {
-        q[i] = 0, sum_gl[i] = 0;
-        shift[i] = m[i] * s[i] * r[i];
-        beta[i] = -shift[i] - Ch[i] * r[i];
+        const long k = base + j * inner + i;
+        A g = 0;
+        if (gy) g += static_cast<A>(load(gy, k)) * static_cast<A>(load(x, k));
+        if (ga) g += ga[k];
+        g *= a[j * kTile + i];
+        gu[j * kTile + i] = g;
+        tsum[i] += g;
       }
-      for (long j = 0; j < c; ++j)
-        for (long i = 0; i < w; ++i) {
-          const A gl = gu[j * kTile + i];
-          const A u = static_cast<A>(load(xb, j * inner + i)) * r[i] + beta[i];
-          const A g_u = -Ph[i] * u * gl;
-          q[i] += g_u * u;
-          sum_gl[i] += gl;
-          pP[p0 + i] += A(-0.5) * u * u * gl;
-          pC[p0 + i] -= r[i] * g_u;
-          gu[j * kTile + i] = g_u;
-        }
+    if (softmax) {
       for (long i = 0; i < w; ++i) {
-        pR[p0 + i] += A(-0.5) * r[i] * r[i] * sum_gl[i];
-        q[i] -= Rh[i] * r[i] * r[i] * sum_gl[i];
-        tsum[i] = 0;
+        if (!act[i]) lF[i] = -tsum[i];
+        tsum[i] = act[i] ? tsum[i] : A(0);
       }
-      // t = r (g_u - q (r d) / div);  g_x = t - mean(t) + gy a
       for (long j = 0; j < c; ++j)
-        for (long i = 0; i < w; ++i) {
-          const A rd = static_cast<A>(load(xb, j * inner + i)) * r[i] - shift[i];
-          const A t = r[i] * (gu[j * kTile + i] - q[i] * rd * inv_div);
-          gu[j * kTile + i] = t;
-          tsum[i] += t;
-        }
-      for (long i = 0; i < w; ++i) tsum[i] /= static_cast<A>(c);
-      for (long j = 0; j < c; ++j)
-        for (long i = 0; i < w; ++i) {
-          const long k = base + j * inner + i;
-          A g = gu[j * kTile + i] - tsum[i];
-          if (gy) g += static_cast<A>(load(gy, k)) * a[j * kTile + i];
-          store(gx, k, g);
-        }
+        for (long i = 0; i < w; ++i) gu[j * kTile + i] -= a[j * kTile + i] * tsum[i];
+    }
+    // g_u = -P u g_l; q = sum(g_u u) - R r^2 sum(g_l); parameter gradients
+    A beta[kTile], shift[kTile];  // u = x r + beta;  r d = x r - shift
+    for (long i = 0; i < w; ++i) {
+      q[i] = 0, sum_gl[i] = 0, lP[i] = 0, lC[i] = 0;
+      shift[i] = m[i] * s[i] * r[i];
+      beta[i] = -shift[i] - p.C[i] * r[i];
+    }
+    for (long j = 0; j < c; ++j)
+      for (long i = 0; i < w; ++i) {
+        const A gl = gu[j * kTile + i];
+        const A u = static_cast<A>(load(xb, j * inner + i)) * r[i] + beta[i];
+        const A g_u = -p.P[i] * u * gl;
+        q[i] += g_u * u;
+        sum_gl[i] += gl;
+        lP[i] += A(-0.5) * u * u * gl;
+        lC[i] -= r[i] * g_u;
+        gu[j * kTile + i] = g_u;
+      }
+    for (long i = 0; i < w; ++i) {
+      lR[i] = A(-0.5) * r[i] * r[i] * sum_gl[i];
+      q[i] -= p.R[i] * r[i] * r[i] * sum_gl[i];
+      tsum[i] = 0;
+    }
+    // t = r (g_u - q (r d) / div);  g_x = t - mean(t) + gy a
+    for (long j = 0; j < c; ++j)
+      for (long i = 0; i < w; ++i) {
+        const A rd = static_cast<A>(load(xb, j * inner + i)) * r[i] - shift[i];
+        const A t = r[i] * (gu[j * kTile + i] - q[i] * rd * inv_div);
+        gu[j * kTile + i] = t;
+        tsum[i] += t;
+      }
+    for (long i = 0; i < w; ++i) tsum[i] *= inv_c;
+    for (long j = 0; j < c; ++j)
+      for (long i = 0; i < w; ++i) {
+        const long k = base + j * inner + i;
+        A g = gu[j * kTile + i] - tsum[i];
+        if (gy) g += static_cast<A>(load(gy, k)) * a[j * kTile + i];
+        store(gx, k, g);
+      }
+    if (Fp == inner && pdiv == 1) {
+      const long p0 = h * Fp + i0;
+      for (long i = 0; i < w; ++i) pP[p0 + i] += lP[i], pC[p0 + i] += lC[i], pR[p0 + i] += lR[i];
+      if (gF)
+        for (long i = 0; i < w; ++i) pF[p0 + i] += lF[i];
+    } else if (Fp == 1) {
+      A sp = 0, sc = 0, sr = 0, sf = 0;
+      for (long i = 0; i < w; ++i) sp += lP[i], sc += lC[i], sr += lR[i], sf += lF[i];
+      pP[h] += sp, pC[h] += sc, pR[h] += sr;
+      if (gF) pF[h] += sf;
+    } else {
+      long q = (i0 / pdiv) % Fp, rem = i0 % pdiv;
+      for (long i = 0; i < w; ++i) {
+        const long k = h * Fp + q;
+        pP[k] += lP[i], pC[k] += lC[i], pR[k] += lR[i];
+        if (gF) pF[k] += lF[i];
+        if (++rem == pdiv) rem = 0, q = q + 1 == Fp ? 0 : q + 1;
+      }
     }
   }
 #pragma omp critical
-  for (long k = 0; k < H * inner; ++k) {
+  for (long k = 0; k < H * Fp; ++k) {
     gP[k] += pP[k], gC[k] += pC[k], gR[k] += pR[k];
     if (gF) gF[k] += pF[k];
   }
   }
 }
 
+// P, C, R (and F when log_eps is finite) of the product of G Gaussians with offsets d and variances v ((H, G, Fp)):
+// sum_k (z - d_k)^2 / v_k = P (z - C)^2 + R;  F = log eps + sum_k log(2 pi v_k) / 2
+template <typename A>
+void params(const A* d, const A* v, long H, long G, long Fp, double log_eps, A* P, A* C, A* R, A* F) {
+  const A half_log_2pi = static_cast<A>(0.91893853320467274178);
+  for (long h = 0; h < H; ++h)
+    for (long f = 0; f < Fp; ++f) {
+      A prec = 0, num = 0, lg = 0;
+      for (long k = 0; k < G; ++k) {
+        const long i = (h * G + k) * Fp + f;
+        prec += A(1) / v[i], num += d[i] / v[i];
+        if (F) lg += half_log_2pi + A(0.5) * std::log(v[i]);
+      }
+      const A centre = num / prec;
+      A resid = 0;
+      for (long k = 0; k < G; ++k) {
+        const long i = (h * G + k) * Fp + f;
+        const A e = d[i] - centre;
+        resid += e * e / v[i];
+      }
+      P[h * Fp + f] = prec, C[h * Fp + f] = centre, R[h * Fp + f] = resid;
+      if (F) F[h * Fp + f] = static_cast<A>(log_eps) + lg;
+    }
+}
+
+// the chain rule through params(): dP/dv_k = -1/v_k^2; dC/dd_k = 1/(v_k P), dC/dv_k = (C - d_k)/(v_k^2 P);
+// dR/dd_k = 2 (d_k - C)/v_k, dR/dv_k = -(d_k - C)^2/v_k^2 (R's dependence through C vanishes: dR/dC = 0);
+// dF/dv_k = 1/(2 v_k). gF may be null.
+template <typename A>
+void params_backward(const A* d, const A* v, const A* C, const A* P, const A* gP, const A* gC, const A* gR,
+                     const A* gF, long H, long G, long Fp, A* gd, A* gv) {
+  for (long h = 0; h < H; ++h)
+    for (long f = 0; f < Fp; ++f) {
+      const long j = h * Fp + f;
+      for (long k = 0; k < G; ++k) {
+        const long i = (h * G + k) * Fp + f;
+        const A iv = A(1) / v[i], e = d[i] - C[j];
+        gd[i] = gC[j] * iv / P[j] + gR[j] * A(2) * e * iv;
+        gv[i] = -gP[j] * iv * iv - gC[j] * e * iv * iv / P[j] - gR[j] * e * e * iv * iv;
+        if (gF) gv[i] += gF[j] * A(0.5) * iv;
+      }
+    }
+}
+
 }  // namespace
 
 #define DAAM_EXPORT(NAME, S, A)                                                                                    \
   extern "C" void daam_forward_##NAME(const void* x, void* y, void* a, const void* P, const void* C, const void* R, \
-                                      const void* F, long outer, long H, long c, long inner, int softmax,          \
-                                      double eps, double divisor, int threads) {                                   \
+                                      const void* F, long outer, long H, long c, long inner, long Fp, long pdiv,   \
+                                      int softmax, double eps, double divisor, int threads) {                      \
     forward<S, A>(static_cast<const S*>(x), static_cast<S*>(y), static_cast<A*>(a), static_cast<const A*>(P),     \
                   static_cast<const A*>(C), static_cast<const A*>(R), static_cast<const A*>(F), outer, H, c, inner, \
-                  softmax, eps, divisor, threads);                                                                 \
+                  Fp, pdiv, softmax, eps, divisor, threads);                                                       \
   }                                                                                                                \
   extern "C" void daam_backward_##NAME(const void* x, const void* gy, const void* ga, const void* P, const void* C, \
                                        const void* R, const void* F, void* gx, void* gP, void* gC, void* gR,       \
-                                       void* gF, long outer, long H, long c, long inner, int softmax, double eps,  \
-                                       double divisor, int threads) {                                              \
+                                       void* gF, long outer, long H, long c, long inner, long Fp, long pdiv,       \
+                                       int softmax, double eps, double divisor, int threads) {                     \
     backward<S, A>(static_cast<const S*>(x), static_cast<const S*>(gy), static_cast<const A*>(ga),                 \
                    static_cast<const A*>(P), static_cast<const A*>(C), static_cast<const A*>(R),                   \
                    static_cast<const A*>(F), static_cast<S*>(gx), static_cast<A*>(gP), static_cast<A*>(gC),        \
-                   static_cast<A*>(gR), static_cast<A*>(gF), outer, H, c, inner, softmax, eps, divisor, threads);  \
+                   static_cast<A*>(gR), static_cast<A*>(gF), outer, H, c, inner, Fp, pdiv, softmax, eps, divisor,  \
+                   threads);                                                                                       \
+  }
+
+#define DAAM_PARAMS_EXPORT(NAME, A)                                                                                \
+  extern "C" void daam_params_##NAME(const void* d, const void* v, long H, long G, long Fp, double log_eps,       \
+                                     int floor, void* P, void* C, void* R, void* F) {                              \
+    params<A>(static_cast<const A*>(d), static_cast<const A*>(v), H, G, Fp, log_eps, static_cast<A*>(P),          \
+              static_cast<A*>(C), static_cast<A*>(R), floor ? static_cast<A*>(F) : nullptr);                       \
+  }                                                                                                                \
+  extern "C" void daam_params_backward_##NAME(const void* d, const void* v, const void* C, const void* P,         \
+                                              const void* gP, const void* gC, const void* gR, const void* gF,     \
+                                              long H, long G, long Fp, void* gd, void* gv) {                      \
+    params_backward<A>(static_cast<const A*>(d), static_cast<const A*>(v), static_cast<const A*>(C),              \
+                       static_cast<const A*>(P), static_cast<const A*>(gP), static_cast<const A*>(gC),            \
+                       static_cast<const A*>(gR), static_cast<const A*>(gF), H, G, Fp, static_cast<A*>(gd),       \
+                       static_cast<A*>(gv));                                                                       \
   }
 
 DAAM_EXPORT(f32, float, float)
 DAAM_EXPORT(f64, double, double)
 DAAM_EXPORT(bf16, uint16_t, float)
+DAAM_PARAMS_EXPORT(f32, float)
+DAAM_PARAMS_EXPORT(f64, double)
