@@ -339,3 +339,33 @@ def test_need_weights_false_gives_the_same_output_and_no_weights(dtype):
         assert torch.equal(a, b)
     out, weights = density_attention(x, attn.mean_offset, attn.spread, norm_dim=1, num_heads=2, need_weights=False)
     assert weights is None and out.shape == x.shape
+
+
+@pytest.mark.parametrize("scalar", [False, True])
+@pytest.mark.parametrize("preset,package_compat", [("paper", False), ("mixture_of_densities", True)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sixteen_column_path_matches_float64(scalar, preset, package_compat, dtype):
+    """float32/bfloat16 blocks of 16 columns (vector path) plus a scalar tail give the float64 answer's gradients."""
+    _cpu_kernel_or_skip()
+    spread_param, _, normalize = PRESETS[preset]
+    g = torch.Generator().manual_seed(40)
+    x64 = torch.randn(4, 6, 40, generator=g, dtype=torch.float64)  # 40 columns: two blocks of 16 and a tail of 8
+    x64 = x64.to(dtype).double()  # the same input values in both dtypes
+    pshape = (2, 3) if scalar else (2, 3, 40)
+    delta64 = 0.4 * torch.randn(pshape, generator=g, dtype=torch.float64)
+    xi64 = 0.6 + torch.rand(pshape, generator=g, dtype=torch.float64)
+    probe = torch.randn(4, 6, 40, generator=g, dtype=torch.float64)
+    kw = dict(norm_dim=1, param_dim=None if scalar else 2, num_heads=2, spread_param=spread_param,
+              normalize=normalize, package_compat=package_compat, eps=0.3 if package_compat else 1e-5)  # fmt: skip
+    results = []
+    for dt in (dtype, torch.float64):
+        x = x64.to(dt).requires_grad_()
+        delta, xi = delta64.float().requires_grad_(), xi64.float().requires_grad_()
+        if dt == torch.float64:
+            x, delta, xi = (t.detach().double().requires_grad_() for t in (x, delta, xi))
+        y, w = density_attention(x, delta, xi, **kw)
+        grads = torch.autograd.grad((y.double() * probe).sum() + w.double().sum(), (x, delta, xi))
+        results.append([t.detach().double() for t in (y, w, *grads)])
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=3e-2, atol=3e-2)
+    for got, want in zip(*results):
+        assert_close(got, want, **tol)

@@ -5,7 +5,7 @@
 // inner axis uses parameter (i / pdiv) % Fp (Fp = inner, pdiv = 1: one per column; Fp = 1: one per head).
 // daam_params_* forms P, C, R, F from the Gaussians' offsets and variances, daam_params_backward_* chains their
 // gradients back, so a call needs no PyTorch op on the parameters. The weights `a` are written only when asked
-// (a non-null pointer); otherwise they live in a per-block scratch. Each thread owns
+// (a non-null pointer); otherwise they live in a per-block scratch. Each thread owns a
 // contiguous run of (outer, head, column tile) blocks in memory order, so one (c x tile) block sits in cache while
 // it is read several times; the backward sums per-thread parameter gradients at the end. The math is that of
 // densattn/kernels/product.py (module docstring): forward and backward both recompute the per-chunk statistics
@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -136,6 +137,169 @@ void block_weights(const S* x, A* a, long c, long inner, long as, long w, const 
     for (long i = 0; i < w; ++i) a[j * as + i] *= total[i];
 }
 
+// ---- float32 backward, 16 columns at a time (GCC/Clang vector extensions) -------------------------------------
+// Each of the 16 lanes owns one column (one chunk of c items), so a column's statistics and partial sums stay in
+// registers; the multi-pass loops above keep them in per-column arrays. Same formulas as the scalar code. Measured
+// (one thread, (32, 24, 1024)): the backward 15-30% faster, the forward no faster (its cost is the exponentials),
+// so only the backward uses it.
+typedef float vf __attribute__((vector_size(64)));
+typedef int32_t vi __attribute__((vector_size(64)));
+typedef uint32_t vu __attribute__((vector_size(64)));
+typedef uint16_t vh __attribute__((vector_size(32)));
+constexpr long kLanes = 16;
+
+inline vf vbroadcast(float v) { return vf{} + v; }
+inline vf vld(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline vf vld(const uint16_t* p) {
+  vh h;
+  std::memcpy(&h, p, sizeof h);
+  return (vf)(__builtin_convertvector(h, vu) << 16);
+}
+inline void vst(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+inline void vst(uint16_t* p, vf v) {  // round to nearest even; NaN stays a quiet NaN
+  vu u = (vu)v;
+  const vu nan = (u & 0x7fffffffu) > 0x7f800000u;
+  u = nan ? (u >> 16) | 0x40u : (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const vh h = __builtin_convertvector(u, vh);
+  std::memcpy(p, &h, sizeof h);
+}
+inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+inline vf vmin(vf a, vf b) { return a < b ? a : b; }
+inline vf vabs(vf a) { return (vf)((vu)a & 0x7fffffffu); }
+
+// vexp above, 16 lanes: floor(t + 1/2) = trunc(t + 1/2 + 128) - 128 for the clamped range (t >= -127)
+inline vf vexp16(vf x, float high = 0.0f) {
+  x = vmin(vmax(x, vbroadcast(-88.0f)), vbroadcast(high));
+  const vi ni = __builtin_convertvector(x * 1.44269504088896341f + 128.5f, vi) - 128;
+  const vf n = __builtin_convertvector(ni, vf);
+  const vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  vf p = vbroadcast(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const vf scale = (vf)((ni + 127) << 23);
+  return x < -87.33f ? vf{} : p * scale;
+}
+
+// statistics of 16 columns: s = max|x|, scaled mean m, r = 1/sigma (as block_stats)
+template <typename S>
+inline void lanes_stats(const S* x, long c, long inner, float eps, float inv_c, float inv_div, vf& s, vf& m, vf& r) {
+  s = vf{};
+  for (long j = 0; j < c; ++j) s = vmax(s, vabs(vld(x + j * inner)));
+  s = s > 0.0f ? s : vbroadcast(1.0f);
+  const vf inv = 1.0f / s;
+  m = vf{};
+  for (long j = 0; j < c; ++j) m += vld(x + j * inner) * inv;
+  m *= inv_c;
+  vf v = vf{};
+  for (long j = 0; j < c; ++j) {
+    const vf e = vld(x + j * inner) * inv - m;
+    v += e * e;
+  }
+  const vf var_s = v * inv_div;
+  const vi large = s >= 1.0f;
+  const vf arg = vmax(large ? var_s + eps * inv * inv : s * s * var_s + eps, vbroadcast(1e-30f));
+  vf root;
+  for (long l = 0; l < kLanes; ++l) root[l] = std::sqrt(arg[l]);
+  r = (large ? inv : vbroadcast(1.0f)) / root;
+}
+
+// weights of 16 columns into wa[j] (as block_weights); act = [lse >= F] (all true without a floor)
+template <typename S, bool SOFTMAX>
+inline void lanes_weights(const S* x, long c, long inner, vf s, vf m, vf r, vf P, vf C, vf R, const float* F, vf* wa,
+                          vi& act) {
+  const vf beta = -(m * s + C) * r, half_p = -0.5f * P, half_rr = -0.5f * R * r * r;
+  act = vi{} - 1;
+  if (!SOFTMAX) {
+    for (long j = 0; j < c; ++j) {
+      const vf u = vld(x + j * inner) * r + beta;
+      wa[j] = vexp16(vmax(half_p * u * u + half_rr, vbroadcast(-1e30f)));
+    }
+    return;
+  }
+  vf top = vbroadcast(-std::numeric_limits<float>::infinity());
+  for (long j = 0; j < c; ++j) {
+    const vf u = vld(x + j * inner) * r + beta;
+    wa[j] = vmax(half_p * u * u + half_rr, vbroadcast(-1e30f));
+    top = vmax(top, wa[j]);
+  }
+  vf total = vf{};
+  for (long j = 0; j < c; ++j) {
+    wa[j] = vexp16(wa[j] - top);
+    total += wa[j];
+  }
+  vf scale = 1.0f / total;
+  if (F) {
+    const vf limit = vld(F) - top;
+    act = total >= vexp16(vmin(limit, vbroadcast(80.0f)), 80.0f);
+    scale = act ? scale : vexp16(-limit);
+  }
+  for (long j = 0; j < c; ++j) wa[j] *= scale;
+}
+
+// backward of 16 columns (as the scalar backward); parameter gradients into lP, lC, lR, lF at [i, i + 16)
+template <typename S, bool SOFTMAX>
+void lanes_backward(const S* x, const S* gy, const float* ga, S* gx, long c, long inner, long w, const float* P,
+                    const float* C, const float* R, const float* F, float eps, float inv_c, float inv_div, vf* wa,
+                    vf* wg, float* lP, float* lC, float* lR, float* lF) {
+  for (long i = 0; i + kLanes <= w; i += kLanes) {
+    vf s, m, r;
+    vi act;
+    const S* xi = x + i;
+    lanes_stats(xi, c, inner, eps, inv_c, inv_div, s, m, r);
+    const vf Pv = vld(P + i), Cv = vld(C + i), Rv = vld(R + i);
+    lanes_weights<S, SOFTMAX>(xi, c, inner, s, m, r, Pv, Cv, Rv, F ? F + i : nullptr, wa, act);
+    vf total = vf{};
+    for (long j = 0; j < c; ++j) {  // g_l = a (gy x + ga); S = sum(g_l)
+      vf g = vf{};
+      if (gy) g += vld(gy + j * inner + i) * vld(xi + j * inner);
+      if (ga) g += vld(ga + j * inner + i);
+      wg[j] = g * wa[j];
+      total += wg[j];
+    }
+    vf f_grad = vf{};
+    if (SOFTMAX) {
+      f_grad = act ? vf{} : -total;
+      const vf corr = act ? total : vf{};
+      for (long j = 0; j < c; ++j) wg[j] -= wa[j] * corr;
+    }
+    const vf shift = m * s * r, beta = -shift - Cv * r;
+    vf q = vf{}, sum_gl = vf{}, gp = vf{}, gc = vf{};
+    for (long j = 0; j < c; ++j) {  // g_u = -P u g_l
+      const vf gl = wg[j];
+      const vf u = vld(xi + j * inner) * r + beta;
+      const vf g_u = -Pv * u * gl;
+      q += g_u * u;
+      sum_gl += gl;
+      gp += -0.5f * u * u * gl;
+      gc -= r * g_u;
+      wg[j] = g_u;
+    }
+    const vf rr = r * r;
+    q -= Rv * rr * sum_gl;
+    vf tsum = vf{};
+    for (long j = 0; j < c; ++j) {  // t = r (g_u - q (r d) / div)
+      const vf rd = vld(xi + j * inner) * r - shift;
+      wg[j] = r * (wg[j] - q * rd * inv_div);
+      tsum += wg[j];
+    }
+    tsum *= inv_c;
+    for (long j = 0; j < c; ++j) {  // g_x = t - mean(t) + gy a
+      vf g = wg[j] - tsum;
+      if (gy) g += vld(gy + j * inner + i) * wa[j];
+      vst(gx + j * inner + i, g);
+    }
+    vst(lP + i, gp), vst(lC + i, gc), vst(lR + i, -0.5f * rr * sum_gl), vst(lF + i, f_grad);
+  }
+}
+
 // the (H, Fp) parameters of the columns [i0, i0 + w) of head h: pointers into them when they run one per column,
 // else gathered into `buf` (4 x kTile)
 template <typename A>
@@ -206,6 +370,8 @@ void backward(const S* x, const S* gy, const A* ga, const A* P, const A* C, cons
   // per-thread parameter gradients, summed at the end; block scratch with row stride kTile
   std::vector<A> pP(H * Fp), pC(H * Fp), pR(H * Fp), pF(gF ? H * Fp : 0);
   std::vector<A> a(c * kTile), gu(c * kTile);
+  std::vector<vf> lanes_a(c), lanes_g(c);  // the 16-column path's weights and gradients, one vector per item
+  const float eps_f = static_cast<float>(eps), inv_c_f = 1.0f / c, inv_div_f = static_cast<float>(1.0 / divisor);
 #pragma omp for schedule(static)
   for (long b = 0; b < outer * H * tiles; ++b) {
     const long oh = b / tiles, h = oh % H, i0 = (b % tiles) * kTile, w = std::min(kTile, inner - i0);
@@ -214,15 +380,25 @@ void backward(const S* x, const S* gy, const A* ga, const A* P, const A* C, cons
     A lP[kTile], lC[kTile], lR[kTile], lF[kTile];  // this block's parameter gradients
     bool act[kTile];
     const Columns<A> p(P, C, R, F, h, i0, w, Fp, pdiv, inner, buf);
-    const S* xb = x + base;
-    block_stats<S, A>(xb, c, inner, w, static_cast<A>(eps), div, s, m, r);
+    long v = 0;  // columns [0, v) of the block go 16 at a time, the rest through the scalar loops
+    if constexpr (std::is_same<A, float>::value) {
+      v = w / kLanes * kLanes;
+      (softmax ? lanes_backward<S, true> : lanes_backward<S, false>)(
+          x + base, gy ? gy + base : nullptr, ga ? ga + base : nullptr, gx + base, c, inner, v, p.P, p.C, p.R, p.F,
+          eps_f, inv_c_f, inv_div_f, lanes_a.data(), lanes_g.data(), lP, lC, lR, lF);
+    }
+    const long bs = base + v, ws = w - v;
+    const struct { const A *P, *C, *R, *F; } pv = {p.P + v, p.C + v, p.R + v, p.F ? p.F + v : nullptr};
+    if (ws > 0) {
+    const S* xb = x + bs;
+    block_stats<S, A>(xb, c, inner, ws, static_cast<A>(eps), div, s, m, r);
     // weights of the block, recomputed into the scratch (row stride kTile)
-    block_weights<S, A>(xb, a.data(), c, inner, kTile, w, p.P, p.C, p.R, p.F, softmax != 0, s, m, r, top, act);
+    block_weights<S, A>(xb, a.data(), c, inner, kTile, ws, pv.P, pv.C, pv.R, pv.F, softmax != 0, s, m, r, top, act);
     // g_l = a * g_a with g_a = gy * x + ga; S = sum(g_l) (kept in gu as scratch)
-    for (long i = 0; i < w; ++i) tsum[i] = 0, lF[i] = 0;
+    for (long i = 0; i < ws; ++i) tsum[i] = 0, lF[v + i] = 0;
     for (long j = 0; j < c; ++j)
-      for (long i = 0; i < w; ++i) {
-        const long k = base + j * inner + i;
+      for (long i = 0; i < ws; ++i) {
+        const long k = bs + j * inner + i;
         A g = 0;
         if (gy) g += static_cast<A>(load(gy, k)) * static_cast<A>(load(x, k));
         if (ga) g += ga[k];
@@ -231,52 +407,53 @@ void backward(const S* x, const S* gy, const A* ga, const A* P, const A* C, cons
         tsum[i] += g;
       }
     if (softmax) {
-      for (long i = 0; i < w; ++i) {
-        if (!act[i]) lF[i] = -tsum[i];
+      for (long i = 0; i < ws; ++i) {
+        if (!act[i]) lF[v + i] = -tsum[i];
         tsum[i] = act[i] ? tsum[i] : A(0);
       }
       for (long j = 0; j < c; ++j)
-        for (long i = 0; i < w; ++i) gu[j * kTile + i] -= a[j * kTile + i] * tsum[i];
+        for (long i = 0; i < ws; ++i) gu[j * kTile + i] -= a[j * kTile + i] * tsum[i];
     }
     // g_u = -P u g_l; q = sum(g_u u) - R r^2 sum(g_l); parameter gradients
     A beta[kTile], shift[kTile];  // u = x r + beta;  r d = x r - shift
-    for (long i = 0; i < w; ++i) {
-      q[i] = 0, sum_gl[i] = 0, lP[i] = 0, lC[i] = 0;
+    for (long i = 0; i < ws; ++i) {
+      q[i] = 0, sum_gl[i] = 0, lP[v + i] = 0, lC[v + i] = 0;
       shift[i] = m[i] * s[i] * r[i];
-      beta[i] = -shift[i] - p.C[i] * r[i];
+      beta[i] = -shift[i] - pv.C[i] * r[i];
     }
     for (long j = 0; j < c; ++j)
-      for (long i = 0; i < w; ++i) {
+      for (long i = 0; i < ws; ++i) {
         const A gl = gu[j * kTile + i];
         const A u = static_cast<A>(load(xb, j * inner + i)) * r[i] + beta[i];
-        const A g_u = -p.P[i] * u * gl;
+        const A g_u = -pv.P[i] * u * gl;
         q[i] += g_u * u;
         sum_gl[i] += gl;
-        lP[i] += A(-0.5) * u * u * gl;
-        lC[i] -= r[i] * g_u;
+        lP[v + i] += A(-0.5) * u * u * gl;
+        lC[v + i] -= r[i] * g_u;
         gu[j * kTile + i] = g_u;
       }
-    for (long i = 0; i < w; ++i) {
-      lR[i] = A(-0.5) * r[i] * r[i] * sum_gl[i];
-      q[i] -= p.R[i] * r[i] * r[i] * sum_gl[i];
+    for (long i = 0; i < ws; ++i) {
+      lR[v + i] = A(-0.5) * r[i] * r[i] * sum_gl[i];
+      q[i] -= pv.R[i] * r[i] * r[i] * sum_gl[i];
       tsum[i] = 0;
     }
     // t = r (g_u - q (r d) / div);  g_x = t - mean(t) + gy a
     for (long j = 0; j < c; ++j)
-      for (long i = 0; i < w; ++i) {
+      for (long i = 0; i < ws; ++i) {
         const A rd = static_cast<A>(load(xb, j * inner + i)) * r[i] - shift[i];
         const A t = r[i] * (gu[j * kTile + i] - q[i] * rd * inv_div);
         gu[j * kTile + i] = t;
         tsum[i] += t;
       }
-    for (long i = 0; i < w; ++i) tsum[i] *= inv_c;
+    for (long i = 0; i < ws; ++i) tsum[i] *= inv_c;
     for (long j = 0; j < c; ++j)
-      for (long i = 0; i < w; ++i) {
-        const long k = base + j * inner + i;
+      for (long i = 0; i < ws; ++i) {
+        const long k = bs + j * inner + i;
         A g = gu[j * kTile + i] - tsum[i];
         if (gy) g += static_cast<A>(load(gy, k)) * a[j * kTile + i];
         store(gx, k, g);
       }
+    }
     if (Fp == inner && pdiv == 1) {
       const long p0 = h * Fp + i0;
       for (long i = 0; i < w; ++i) pP[p0 + i] += lP[i], pC[p0 + i] += lC[i], pR[p0 + i] += lR[i];
