@@ -369,3 +369,81 @@ def test_sixteen_column_path_matches_float64(scalar, preset, package_compat, dty
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=3e-2, atol=3e-2)
     for got, want in zip(*results):
         assert_close(got, want, **tol)
+
+
+# ------------------------------------------------------ the general path's hand-written backward (masks, mixture) -----
+def _masked_case(seed, shape=(3, 6, 4), nd=1, pd=2):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    mask = torch.rand(shape[: nd + 1], generator=g) > 0.3
+    mask[0, :3] = False  # a fully masked chunk (head 0 of the first row)
+    mask[1, 3:5] = False  # a chunk with one kept item
+    return g, x, mask
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("package_compat", [False, True])
+@pytest.mark.parametrize("layout", ["features_after", "features_before", "scalar"])
+def test_hand_written_backward_equals_autograd_reference(preset, package_compat, layout, monkeypatch):
+    """Masked and mixture calls: outputs and first and second derivatives equal autograd through every op."""
+    import densattn.functional as functional
+
+    spread_param, combine, normalize = PRESETS[preset]
+    if layout == "features_before":  # x (B, F, m): norm axis last, parameters along the axis before it
+        g, x, _ = _masked_case(50, shape=(3, 4, 6), nd=2)
+        mask = torch.rand(3, 4, 6, generator=g) > 0.3
+        nd, pd = 2, 1
+    else:
+        g, x, mask = _masked_case(51)
+        nd, pd = 1, (2 if layout == "features_after" else None)
+    n = 3
+    pshape = (2, n) if pd is None else (2, n, x.shape[pd])
+    delta = 0.4 * torch.randn(pshape, generator=g, dtype=torch.float64)
+    xi = 0.6 + torch.rand(pshape, generator=g, dtype=torch.float64)
+    logits = torch.randn(2, n, generator=g, dtype=torch.float64)
+    kw = dict(norm_dim=nd, param_dim=pd, num_heads=2, spread_param=spread_param, combine=combine,
+              normalize=normalize, mask=mask, package_compat=package_compat,
+              eps=0.3 if package_compat else 1e-5)  # fmt: skip
+
+    def f(x, delta, xi, logits):
+        return density_attention(x, delta, xi, mixture_logits=logits if combine == "mixture" else None, **kw)
+
+    args = [t.clone().requires_grad_() for t in (x, delta, xi, logits)]
+    assert _graph_has(f(*args)[0], "DensityGeneral")
+    assert torch.autograd.gradcheck(f, args)
+    assert torch.autograd.gradgradcheck(f, args)
+    probe = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    results = []
+    for hand in (True, False):
+        monkeypatch.setattr(functional, "HAND_WRITTEN_BACKWARD", hand)
+        args = [t.clone().requires_grad_() for t in (x, delta, xi, logits)]
+        y, w = f(*args)
+        used = args if combine == "mixture" else args[:3]
+        grads = torch.autograd.grad((y * probe).sum() + (w * w).sum(), used)
+        results.append([y, w, *grads])
+    for a, b in zip(*results):
+        assert_close(a, b)
+
+
+def test_hand_written_backward_keeps_only_the_input():
+    """The mixture preset with a mask saves x (in the compute dtype), the mask and the small parameters: nothing
+    of size (..., c, N) and no weights."""
+    from densattn import DensityAdaptiveAttention
+
+    attn = DensityAdaptiveAttention(64, num_heads=4, num_gaussians=8, norm_dim=1, preset="mixture")
+    x = torch.randn(8, 32, 64, requires_grad=True)
+    mask = torch.rand(8, 32) > 0.2
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = attn(x, mask=mask)
+    x_bytes = x.numel() * x.element_size()
+    mask_bytes = x.numel()  # the bool mask broadcast to x's shape (one byte per item)
+    params = sum(p.numel() * p.element_size() for p in attn.parameters())
+    assert sum(saved) <= x_bytes + mask_bytes + 8 * params, (sum(saved), x_bytes)
+    y.square().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -43,7 +43,9 @@ Normalize = Literal["none", "softmax"]
 #: Smallest spread ``s_k`` the kernel uses; a learned spread that reaches 0 (or turns negative under
 #: ``"linear"``) is clamped here instead of dividing by zero or flipping the Gaussian into an exploding bump.
 MIN_SPREAD = 1e-6
-_VAR_FLOOR = 1e-30
+#: route masked and mixture calls through the hand-written backward (densattn.kernels.general); False runs the
+#: reference path, autograd through every op (tests compare the two)
+HAND_WRITTEN_BACKWARD = True
 
 __all__ = ["density_attention", "head_chunk_sizes", "MIN_SPREAD"]
 
@@ -256,6 +258,24 @@ def density_attention(
     if keep is not None:
         keep = keep.expand(xh.shape)
 
+    # ---- parameters in the layout of xh: (F, H, N) or (H, N) -> broadcast with (..., F, H, c) ------------------
+    if pd is not None:
+        delta = delta.permute(2, 0, 1)  # (F|1, H, N)
+        s = s.permute(2, 0, 1)
+    if not ragged and HAND_WRITTEN_BACKWARD:  # one autograd node that keeps xh, the mask and the parameters only
+        from densattn.kernels.general import DensityGeneral
+
+        if combine == "product":
+            floor = _package_floor(s, eps) if package_compat and normalize == "softmax" else None
+            params = [*(t.unsqueeze(-1) for t in _product_params(delta, s)), floor]
+            params[3] = None if floor is None else floor.unsqueeze(-1)
+        else:
+            log_w = torch.log_softmax(mixture_logits.to(cdt), dim=-1).unsqueeze(-2)  # (H, 1, N)
+            params = [delta.unsqueeze(-2), s.unsqueeze(-2), log_w, None]
+        out_h, weights = DensityGeneral.apply(xh, keep, *params, combine, normalize, eps, package_compat)
+        return _general_layout_back(x, out_h, weights, nd, pd, need_weights)
+
+    # ---- the reference path (autograd through every op): ragged heads; tests compare the hand-written one to it
     # ---- statistics over each head's chunk (float32 or wider) ---------------------------------------------------
     if keep is None or (package_compat and not ragged):
         stats_keep = None
@@ -272,37 +292,17 @@ def density_attention(
         else:
             x_stats = xh
         count = stats_keep.sum(-1, keepdim=True).to(cdt)
-    # shift by the chunk's largest magnitude before summing, so that sums never overflow
-    ref = x_stats.detach().abs()
-    if stats_keep is not None:
-        ref = ref.masked_fill(~stats_keep, 0.0)
-    scale0 = ref.amax(-1, keepdim=True)
-    scale0 = torch.where(scale0 > 0, scale0, torch.ones_like(scale0))
-    xs = x_stats / scale0
-    if stats_keep is not None:
-        xs = xs.masked_fill(~stats_keep, 0.0)
-    mu = xs.sum(-1, keepdim=True) / count.clamp_min(1.0) * scale0  # (..., H, 1)
-    d = xh - mu  # deviations of every item, including masked ones
-    d_stats = x_stats - mu
-    if stats_keep is not None:
-        d_stats = d_stats.masked_fill(~stats_keep, 0.0)
-    scale = d_stats.detach().abs().amax(-1, keepdim=True)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    ds = d_stats / scale
-    denom = (count - 1.0).clamp_min(1.0) if package_compat else count.clamp_min(1.0)
-    var_s = (ds * ds).sum(-1, keepdim=True) / denom  # var / scale^2
-    # 1/sigma with sigma^2 = var + eps = scale^2 * var_s + eps, evaluated without overflow: for large deviations
-    # in units of scale (rsqrt(var_s + eps/scale^2) / scale), for small ones directly. The floor keeps 1/sigma^2
-    # finite when eps = 0 and a chunk is constant.
-    big, small = scale.clamp_min(1.0), scale.clamp_max(1.0)
-    inv_big = torch.rsqrt((var_s + eps / (big * big)).clamp_min(_VAR_FLOOR)) / big
-    inv_small = torch.rsqrt((small * small * var_s + eps).clamp_min(_VAR_FLOOR))
-    inv_sigma = torch.where(scale >= 1.0, inv_big, inv_small)  # (..., H, 1)
+    from densattn.kernels.general import chunk_moments
 
-    # ---- parameters in the layout of xh: (F, H, N) or (H, N) -> broadcast with (..., F, H, c) ------------------
-    if pd is not None:
-        delta = delta.permute(2, 0, 1)  # (F|1, H, N)
-        s = s.permute(2, 0, 1)
+    mu, inv_sigma = chunk_moments(
+        x_stats,
+        stats_keep,
+        count.clamp_min(1.0),
+        (count - 1.0).clamp_min(1.0) if package_compat else count.clamp_min(1.0),
+        eps,
+    )  # (..., H, 1)
+    d = xh - mu  # deviations of every item, including masked ones
+
     if combine == "product":
         prec, center, resid = _product_params(delta, s)  # (F, H) or (H,)
         u = (d - center.unsqueeze(-1)) * inv_sigma  # (..., H, c)
@@ -348,6 +348,15 @@ def density_attention(
     if mask is not None:
         out = torch.where(mask, out, x)
     return out, weights if need_weights else None
+
+
+def _general_layout_back(x: Tensor, out_h: Tensor, weights: Tensor, nd: int, pd: int | None, need_weights: bool):
+    """``(out, weights)`` from the general layout ``(..., [F,] H, c)`` back to ``x``'s (non-ragged heads)."""
+    out_h, weights = out_h.flatten(-2), weights.flatten(-2)
+    if pd is not None:
+        p_after = pd if pd < nd else pd - 1
+        out_h, weights = out_h.movedim(-2, p_after), weights.movedim(-2, p_after)
+    return out_h.movedim(-1, nd).to(x.dtype), weights.movedim(-1, nd) if need_weights else None
 
 
 def _gaussian_params(mean_offset: Tensor, spread: Tensor, spread_param: str, cdt: torch.dtype) -> tuple[Tensor, Tensor]:
