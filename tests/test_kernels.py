@@ -447,3 +447,25 @@ def test_hand_written_backward_keeps_only_the_input():
     assert sum(saved) <= x_bytes + mask_bytes + 8 * params, (sum(saved), x_bytes)
     y.square().sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_general_path_in_slices_equals_one_pass(monkeypatch):
+    """Working through the batch in slices changes nothing: outputs and gradients equal a single pass."""
+    import densattn.kernels.general as general
+
+    g = torch.Generator().manual_seed(60)
+    x = torch.randn(5, 8, 6, generator=g, dtype=torch.float64)
+    mask = torch.rand(5, 8, generator=g) > 0.25
+    delta, xi = 0.3 * torch.randn(2, 3, 6, generator=g, dtype=torch.float64), 0.5 + torch.rand(2, 3, 6, generator=g)
+    logits = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    results = []
+    for budget in (1 << 20, 100):  # one slice; slices of one or two rows
+        monkeypatch.setattr(general, "SLICE_ELEMENTS", budget)
+        args = [t.clone().double().requires_grad_() for t in (x, delta, xi, logits)]
+        y, w = density_attention(*args[:3], norm_dim=1, num_heads=2, combine="mixture", mixture_logits=args[3],
+                                 spread_param="square", normalize="softmax", mask=mask)  # fmt: skip
+        results.append([y, w, *torch.autograd.grad(y.square().sum() + w.sum(), args)])
+    assert len(general._slices(x.transpose(1, 2).unflatten(-1, (2, 4)), [delta.permute(2, 0, 1)[..., None, :]],
+                               "mixture")) > 1  # fmt: skip
+    for a, b in zip(*results):
+        assert_close(a, b)

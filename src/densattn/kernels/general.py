@@ -173,18 +173,37 @@ def _backward(g_out, g_w, xh, keep, params, parts, combine, normalize, package_c
     return g_x, grads
 
 
+#: items x Gaussians per slice: the general path works through the batch in slices of about this many, so that
+#: its (..., c, N) temporaries stay in cache and its peak memory does not grow with the batch
+SLICE_ELEMENTS = 1 << 20
+
+
+def _slices(xh: Tensor, params, combine: str) -> list[slice]:
+    """Slices of ``xh``'s first axis (when the parameters do not span it) of about :data:`SLICE_ELEMENTS` work."""
+    spanned = max(p.dim() - (1 if combine == "mixture" else 0) for p in params if p is not None)
+    if xh.dim() <= spanned or xh.shape[0] == 1:
+        return [slice(None)]
+    work = xh.numel() * (params[0].shape[-1] if combine == "mixture" else 1)
+    per_row = max(1, work // xh.shape[0])
+    step = max(1, SLICE_ELEMENTS // per_row)
+    return [slice(i, i + step) for i in range(0, xh.shape[0], step)]
+
+
 class DensityGeneral(torch.autograd.Function):
     """``(out, weights)`` in the general layout ``(..., H, c)``; keeps ``xh``, the mask and the parameters only.
 
     ``params``: product ``(P, C, R, F or None)`` broadcast as ``(..., H, 1)``; mixture ``(delta, s, log w, None)``
-    broadcast as ``(..., H, 1, N)``.
+    broadcast as ``(..., H, 1, N)``. Both passes go through the batch in slices (:data:`SLICE_ELEMENTS`).
     """
 
     @staticmethod
     def forward(ctx, xh, keep, p0, p1, p2, p3, combine, normalize, eps, package_compat):
         params = (p0, p1, p2, p3)
-        a = _forward_parts(xh, keep, params, combine, normalize, eps, package_compat)["a"]
-        out = xh * a if keep is None else torch.where(keep, xh * a, xh)
+        out, a = torch.empty_like(xh), torch.empty_like(xh)
+        for sl in _slices(xh, params, combine):
+            x_s, k_s = xh[sl], None if keep is None else keep[sl]
+            a[sl] = _forward_parts(x_s, k_s, params, combine, normalize, eps, package_compat)["a"]
+            out[sl] = x_s * a[sl] if k_s is None else torch.where(k_s, x_s * a[sl], x_s)
         ctx.save_for_backward(xh, keep, *params)
         ctx.options = (combine, normalize, eps, package_compat)
         ctx.set_materialize_grads(False)
@@ -194,7 +213,14 @@ class DensityGeneral(torch.autograd.Function):
     def backward(ctx, g_out, g_w):
         xh, keep, *params = ctx.saved_tensors
         combine, normalize, eps, package_compat = ctx.options
-        parts = _forward_parts(xh, keep, params, combine, normalize, eps, package_compat)
         needs = ctx.needs_input_grad[2:6]
-        g_x, grads = _backward(g_out, g_w, xh, keep, params, parts, combine, normalize, package_compat, needs)
+        g_x, grads = [], [None] * 4
+        for sl in _slices(xh, params, combine):
+            x_s, k_s = xh[sl], None if keep is None else keep[sl]
+            parts = _forward_parts(x_s, k_s, params, combine, normalize, eps, package_compat)
+            g_o, g_ws = None if g_out is None else g_out[sl], None if g_w is None else g_w[sl]
+            gx_s, gp_s = _backward(g_o, g_ws, x_s, k_s, params, parts, combine, normalize, package_compat, needs)
+            g_x.append(gx_s)
+            grads = [g if gs is None else (gs if g is None else g + gs) for g, gs in zip(grads, gp_s)]
+        g_x = g_x[0] if len(g_x) == 1 else torch.cat(g_x)
         return (g_x if ctx.needs_input_grad[0] else None), None, *grads, None, None, None, None
