@@ -52,8 +52,15 @@ def test_kmeans_does_not_depend_on_block_size(masked, method):
     valid = torch.rand(2, 90, generator=g) > 0.3 if masked else None
     runs = [
         hamming_kmeans(
-            codes, bits=12, clusters=9, iterations=5, valid=valid, method=method, return_distortion=True,
-            generator=torch.Generator().manual_seed(3), chunk_size=chunk,
+            codes,
+            bits=12,
+            clusters=9,
+            iterations=5,
+            valid=valid,
+            method=method,
+            return_distortion=True,
+            generator=torch.Generator().manual_seed(3),
+            chunk_size=chunk,
         )  # fmt: skip
         for chunk in (1, 4, 33, 1000)
     ]
@@ -98,9 +105,7 @@ def test_improved_blocks_match_unblocked_and_pre_clustered(masked, dtype):
     for chunk in (1, 3, 16):
         torch.testing.assert_close(run(chunk_size=chunk), whole)
     # Clustering each head just before attending it draws the same random numbers as clustering all heads first.
-    ids = cluster_queries(
-        q, clusters=5, query_mask=masks.get("query_mask"), generator=torch.Generator().manual_seed(9)
-    )
+    ids = cluster_queries(q, clusters=5, query_mask=masks.get("query_mask"), generator=torch.Generator().manual_seed(9))
     given = improved_clustered_attention(q, k, v, assignment=ids, clusters=5, topk=6, **masks)
     torch.testing.assert_close(given, whole)
 
