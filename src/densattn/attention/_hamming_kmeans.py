@@ -299,12 +299,11 @@ def _first_centroids(codes, priority, weight, clusters):
 
 def _kmeans_head(codes, bits, centroid_codes, iterations, weight, method, chunk):
     """Hamming k-means of one head: codes ``(N,)``, initial centroid codes ``(C,)``, weight ``(N,)`` float
-    (1 = valid; None = all) -> (assignment ``(N,)`` int64, distortion per assignment step ``(iterations + 1,)``)."""
+    (1 = valid; None = all) -> (assignment ``(N,)`` int32 or int64, distortion per step ``(iterations + 1,)``)."""
     n, device, clusters = codes.shape[0], codes.device, centroid_codes.shape[0]
     blocks = _Blocks(min(chunk, n), bits, device, columns=clusters)
     nearest = torch.empty(n, device=device)  # dot products, then distances
     centroid_signs = _signs(centroid_codes, bits)  # (C, L)
-    assignment = torch.empty(n, dtype=torch.int64, device=device)
     history = torch.empty(iterations + 1, dtype=torch.int64, device=device)
     votes = torch.empty(clusters, bits, device=device)
     # Keyed search (matmul, C <= 2**16): with the centroid signs scaled by C and an offset row -c, one addmm gives
@@ -312,16 +311,19 @@ def _kmeans_head(codes, bits, centroid_codes, iterations, weight, method, chunk)
     # centroid with ties to the lowest index, and c = (-key) mod C (torch.max with indices is several times slower
     # than amax on a CPU). Every view below is made once; each block then costs six operations.
     keyed = method == "matmul" and clusters <= _KEYED_MAX_CLUSTERS
+    assignment = torch.empty(n, dtype=torch.int32 if keyed else torch.int64, device=device)  # int32: half the memory
     offsets = -torch.arange(clusters, device=device, dtype=torch.float32)
-    views = []
+    views, buffers = [], {}
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         m = stop - start
-        views.append((
-            codes[start:stop], nearest[start:stop], assignment[start:stop],
-            None if weight is None else weight[start:stop, None], blocks.bytes[:m], blocks.bytes[:m].view(-1),
-            blocks.floats[:m].view(-1, 8), blocks.floats[:m, :bits], blocks.dots[:m],
-        ))  # fmt: skip
+        if m not in buffers:  # views of the block buffers, shared by every block of m rows
+            buffers[m] = (
+                blocks.bytes[:m], blocks.bytes[:m].view(-1), blocks.floats[:m].view(-1, 8), blocks.floats[:m, :bits],
+                blocks.dots[:m],
+            )  # fmt: skip
+        rows = (codes[start:stop], nearest[start:stop], assignment[start:stop])
+        views.append((*rows, None if weight is None else weight[start:stop, None], *buffers[m]))
     for step in range(iterations + 1):
         update = step < iterations
         votes.zero_()
@@ -372,7 +374,7 @@ def cluster_head(
     generator: torch.Generator | None = None,
     chunk_size: int = CHUNK,
 ) -> torch.Tensor:
-    """Cluster ids ``(N,)`` int64 of one head's queries ``q (N, E)``: SimHash, then Hamming k-means.
+    """Cluster ids ``(N,)`` (int32 up to 2**16 clusters) of one head's queries ``q (N, E)``: SimHash, k-means.
 
     Draws the same random numbers, in the same order, as :func:`simhash` then :func:`hamming_kmeans` on
     ``q[None, None]``; working memory ``O(N + chunk_size * (bits + clusters))``.
