@@ -140,3 +140,14 @@ def test_chunk_size_errors_name_the_argument(bad):
         cluster_queries(q, chunk_size=bad)
     with pytest.raises(ValueError, match="chunk_size"):
         simhash(q, chunk_size=bad)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_plain_clustered_per_head_path_matches_the_batched_one(masked):
+    q, k, v, query_mask, key_mask = make(15, n=50)
+    masks = dict(query_mask=query_mask, key_mask=key_mask) if masked else {}
+    kwargs = dict(clusters=9, generator=torch.Generator().manual_seed(16), **masks)
+    blocked = clustered.clustered_attention(q, k, v, **kwargs)
+    kwargs["generator"] = torch.Generator().manual_seed(16)
+    batched, _ = clustered.clustered_attention(q, k, v, need_weights=True, **kwargs)  # (B, H, C, S) in one go
+    torch.testing.assert_close(blocked, batched)

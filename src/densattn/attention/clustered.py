@@ -28,6 +28,9 @@ __all__ = [
     "improved_clustered_attention",
 ]
 
+_CENTROID_GROUP = 8
+"""Plain clustered attention: centroid rows formed together per K/V pass (``(S, 8)`` scores)."""
+
 _CLUSTER_CHUNK = 1
 """Improved variant: centroids whose attention rows are formed together. Each group reads K and V once, but its
 ``(S, P)`` score maps cost ``P * S`` floats: at S = 16k, P = 4 was up to 20% faster and 0.5 MiB larger than P = 1."""
@@ -179,7 +182,8 @@ def clustered_attention(
     """Clustered attention: every query receives the attention output of its cluster's centroid.
 
     ``q_c = mean_{i in c} q_i``, ``A_c = softmax(scale * q_c K^T)`` (masked keys get weight 0),
-    ``out_i = A_{c(i)} V``. Cost ``O(C * S * (E + Ev) + N * (E + Ev))`` time, ``O(C * S)`` memory.
+    ``out_i = A_{c(i)} V``. Cost ``O(C * S * (E + Ev) + N * (E + Ev))`` time; one head and eight centroid rows
+    at a time, so the working memory beyond the output is ``O(N + 8 S)`` (``O(B H C S)`` with ``need_weights``).
     Gradients reach ``k``, ``v`` and (through the centroid means) ``q``; the clustering itself is
     non-differentiable.
 
@@ -202,13 +206,42 @@ def clustered_attention(
         >>> clustered_attention(q, k, v, clusters=8).shape
         torch.Size([2, 4, 64, 16])
     """
+    if need_weights:  # the (B, H, N, S) weights are materialised anyway: one batched computation
+        assignment, num_clusters, scale, key_bias = _prepare(
+            q, k, v, clusters, assignment, bits, iterations, key_mask, query_mask, softmax_scale, generator
+        )
+        attention = _centroid_attention(q, k, assignment, num_clusters, scale, key_bias, query_mask)  # (B, H, C, S)
+        return _per_query(torch.matmul(attention, v), assignment), _per_query(attention, assignment)
     assignment, num_clusters, scale, key_bias = _prepare(
-        q, k, v, clusters, assignment, bits, iterations, key_mask, query_mask, softmax_scale, generator
-    )
-    attention = _centroid_attention(q, k, assignment, num_clusters, scale, key_bias, query_mask)  # (B, H, C, S)
-    out = _per_query(torch.matmul(attention, v), assignment)  # (B, H, N, Ev)
-    if need_weights:
-        return out, _per_query(attention, assignment)
+        q, k, v, clusters, assignment, bits, iterations, key_mask, query_mask, softmax_scale, generator,
+        cluster=False,
+    )  # fmt: skip
+    batch, heads, n, _ = q.shape
+    out = q.new_empty(batch, heads, n, v.shape[-1])
+    tracked = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    for b in range(batch):  # one head at a time, a few centroid rows at a time: never the (B, H, C, S) map
+        bias = None if key_bias is None else key_bias[b, 0, 0]  # (S,)
+        valid = None if query_mask is None else query_mask[b]
+        for h in range(heads):
+            if assignment is None:
+                with torch.no_grad():
+                    ids = cluster_head(
+                        q[b, h].detach(), clusters=num_clusters, bits=bits, iterations=iterations, valid=valid,
+                        generator=generator,
+                    )  # fmt: skip
+            else:
+                ids = assignment[b, h]
+            centroids = _head_centroids(q[b, h], ids, num_clusters, valid)  # (C, E)
+            rows = []
+            for c0 in range(0, num_clusters, _CENTROID_GROUP):
+                scores = torch.matmul(k[b, h], centroids[c0 : c0 + _CENTROID_GROUP].transpose(0, 1)) * scale
+                if bias is not None:
+                    scores = scores + bias[:, None]
+                rows.append(torch.softmax(scores, dim=0).transpose(0, 1) @ v[b, h])  # (G, Ev) = A_c V
+            if tracked:
+                out[b, h] = torch.cat(rows)[ids]
+            else:  # gather straight into the output, without an (N, Ev) temporary
+                torch.index_select(torch.cat(rows), 0, ids, out=out[b, h])
     return out
 
 
@@ -285,6 +318,14 @@ def improved_clustered_attention(
     return (out, weights) if need_weights else out
 
 
+def _head_centroids(q, assignment, num_clusters, valid):
+    """Centroids ``(C, E)`` of one head: the mean of each cluster's valid queries (an empty cluster gets 0)."""
+    target = assignment if valid is None else torch.where(valid, assignment, num_clusters)  # invalid: extra row
+    sums = q.new_zeros(num_clusters + 1, q.shape[-1]).index_add(0, target, q)[:num_clusters]  # (C, E)
+    counts = torch.bincount(target, minlength=num_clusters + 1)[:num_clusters].clamp_min(1)
+    return sums / counts.unsqueeze(-1).to(q.dtype)
+
+
 def _improved_head(q, k, v, assignment, num_clusters, top, scale, bias, valid, chunk, out, weights) -> None:
     """Improved clustered attention of one head: ``_CLUSTER_CHUNK`` centroids at a time, then each of their
     clusters' members ``chunk`` queries at a time.
@@ -294,13 +335,7 @@ def _improved_head(q, k, v, assignment, num_clusters, top, scale, bias, valid, c
     ``chunk * (E + k + Ev)`` for a block of members; the ``(C, S)`` centroid map and any ``(N, k, E)`` gather are
     never formed.
     """
-    dim = q.shape[-1]
-    # Centroids: mean of the valid member queries (invalid ones are sent to an extra, dropped row).
-    target = assignment if valid is None else torch.where(valid, assignment, num_clusters)
-    sums = q.new_zeros(num_clusters + 1, dim).index_add(0, target, q)[:num_clusters]  # (C, E)
-    counts = torch.bincount(target, minlength=num_clusters + 1)[:num_clusters].clamp_min(1)
-    del target
-    centroids = sums / counts.unsqueeze(-1).to(q.dtype)
+    centroids = _head_centroids(q, assignment, num_clusters, valid)  # (C, E)
     order = assignment.argsort(stable=True)  # queries grouped by cluster
     in_place = not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
     bounds = [0, *torch.bincount(assignment, minlength=num_clusters).cumsum(0).tolist()]
