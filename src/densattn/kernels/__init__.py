@@ -12,8 +12,6 @@ All three keep only ``x`` (and the parameters) for the backward and give exact d
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -104,7 +102,7 @@ def fused_product(
             softmax,
             eps,
             divisor,
-            math.log(eps) if with_floor else None,
+            with_floor,
             need_weights,
         )
         y, a = out if need_weights else (out, None)

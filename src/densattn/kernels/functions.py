@@ -7,13 +7,13 @@ statistics recomputed with autograd on, so second derivatives are exact.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from densattn.kernels import cpu
 from densattn.kernels.product import chunk_stats, product_backward
-
-_HALF_LOG_2PI = 0.9189385332046727
 
 
 def cpu_layout_ok(x: Tensor, params: list[Tensor | None], dim: int) -> bool:
@@ -82,13 +82,16 @@ class CpuDensityProduct(torch.autograd.Function):
         return (g_x, *out, None, None, None, None)
 
 
-def gaussian_params(delta: Tensor, s: Tensor, log_eps: float | None) -> list[Tensor | None]:
-    """PyTorch form of :func:`densattn.kernels.cpu.gaussian_params`: ``[P, C, R, F]`` (H, Fp) from (H, G, Fp)."""
-    prec = (1.0 / s).sum(1)
-    center = (delta / s).sum(1) / prec
-    resid = ((delta - center.unsqueeze(1)) ** 2 / s).sum(1)
-    floor = None if log_eps is None else log_eps + (_HALF_LOG_2PI + 0.5 * torch.log(s)).sum(1)
-    return [prec, center, resid, floor]
+def gaussian_params(delta: Tensor, s: Tensor, floor_eps: float | None) -> list[Tensor | None]:
+    """PyTorch form of :func:`densattn.kernels.cpu.gaussian_params`: ``[P, C, R, F]`` (H, Fp) from (H, G, Fp).
+
+    The general path's :func:`~densattn.functional._product_params` and ``_package_floor`` over the Gaussians' axis;
+    ``F`` is None unless ``floor_eps`` (the package's eps) is given.
+    """
+    from densattn.functional import _package_floor, _product_params
+
+    delta, s = delta.transpose(1, 2), s.transpose(1, 2)  # (H, Fp, G): the helpers sum over the last axis
+    return [*_product_params(delta, s), None if floor_eps is None else _package_floor(s, floor_eps)]
 
 
 def gaussian_params_backward(delta: Tensor, s: Tensor, params, grads) -> tuple[Tensor, Tensor]:
@@ -119,26 +122,26 @@ class CpuDensityGaussians(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, delta, s, dim, param_axis, softmax, eps, divisor, log_eps, need_weights):
+    def forward(ctx, x, delta, s, dim, param_axis, softmax, eps, divisor, with_floor, need_weights):
         lib = cpu.load()
         pdiv = 1
         for n in x.shape[param_axis + 1 :] if param_axis is not None else ():
             pdiv *= n
-        params = cpu.gaussian_params(lib, delta, s, log_eps)
+        params = cpu.gaussian_params(lib, delta, s, math.log(eps) if with_floor else None)
         y, a = cpu.forward(lib, x, params, dim, softmax, eps, divisor, pdiv=pdiv, need_weights=need_weights)
         ctx.save_for_backward(x, delta, s, *(p for p in params if p is not None))
-        ctx.options = (dim, param_axis, pdiv, softmax, eps, divisor, log_eps, need_weights)
+        ctx.options = (dim, param_axis, pdiv, softmax, eps, divisor, with_floor, need_weights)
         ctx.set_materialize_grads(False)
         return (y, a) if need_weights else y
 
     @staticmethod
     def backward(ctx, grad_y, grad_a=None):
         x, delta, s, *params = ctx.saved_tensors
-        dim, param_axis, pdiv, softmax, eps, divisor, log_eps, _ = ctx.options
+        dim, param_axis, pdiv, softmax, eps, divisor, with_floor, _ = ctx.options
         if len(params) == 3:
             params.append(None)
         if torch.is_grad_enabled():  # create_graph: the same formulas in differentiable PyTorch ops
-            params = gaussian_params(delta, s, log_eps)
+            params = gaussian_params(delta, s, eps if with_floor else None)
             shape = [1] * x.dim()
             shape[dim - 1] = delta.shape[0]
             if param_axis is not None:
